@@ -1,0 +1,135 @@
+"""Where requests go and how they are signed: base URL, API key, Azure.
+
+The API key lives in a :class:`Secret`, whose ``repr`` and ``str`` never show it, so it cannot
+reach a log line, an exception, a cache key or a results file by accident.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+from . import _constants as C
+from ._errors import ConfigurationError
+
+
+class Secret:
+    """A string that does not print.
+
+    >>> Secret("sk-abc")
+    Secret('********')
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> None:  # type: ignore[override]
+        raise TypeError("a Secret cannot be pickled")
+
+
+def redact_url(url: str) -> str:
+    """The URL without any ``user:password@`` part, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True, repr=False)
+class ApiConfig:
+    """The server to talk to.
+
+    >>> cfg = ApiConfig.resolve(base_url="http://127.0.0.1:8000/v1", api_key="sk-test")
+    >>> cfg.url("/embeddings")
+    'http://127.0.0.1:8000/v1/embeddings'
+    >>> "sk-test" in repr(cfg)
+    False
+    """
+
+    base_url: str
+    api_key: Secret | None = None
+    #: Azure OpenAI: the ``api-version`` query parameter; also switches to the ``api-key`` header.
+    api_version: str | None = None
+    azure: bool = False
+    extra_headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        api_version: str | None = None,
+        azure: bool | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> ApiConfig:
+        """Fill in from the environment like the openai SDK: OPENAI_BASE_URL, OPENAI_API_KEY.
+
+        Raises :class:`ConfigurationError` when OpenAI itself is the server and no key is found.
+        """
+        base = (base_url or os.environ.get("OPENAI_BASE_URL") or C.DEFAULT_BASE_URL).rstrip("/")
+        if not base.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"base_url must start with http:// or https://, got {redact_url(base)!r}"
+            )
+        host = urlsplit(base).hostname or ""
+        is_azure = (
+            azure
+            if azure is not None
+            else (api_version is not None or host.endswith(".openai.azure.com"))
+        )
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        if is_azure:
+            key = key or os.environ.get("AZURE_OPENAI_API_KEY")
+            api_version = api_version or os.environ.get("OPENAI_API_VERSION")
+        if not key and host == "api.openai.com":
+            raise ConfigurationError(
+                "no API key: pass api_key=... or set the OPENAI_API_KEY environment variable "
+                "(or point base_url at an OpenAI-compatible server that needs none)"
+            )
+        return cls(
+            base_url=base,
+            api_key=Secret(key) if key else None,
+            api_version=api_version,
+            azure=is_azure,
+            extra_headers=tuple((headers or {}).items()),
+        )
+
+    def url(self, endpoint: str) -> str:
+        """The full URL of an endpoint such as ``"/chat/completions"``."""
+        if endpoint.startswith(("http://", "https://")):
+            return endpoint
+        url = f"{self.base_url}/{endpoint.lstrip('/')}"
+        if self.api_version:
+            url += ("&" if "?" in url else "?") + f"api-version={self.api_version}"
+        return url
+
+    def headers(self) -> dict[str, str]:
+        """Request headers, the key included: hand these to the transport and nowhere else."""
+        out = {"Content-Type": "application/json", "User-Agent": "dfbatch"}
+        if self.api_key is not None:
+            if self.azure:
+                out["api-key"] = self.api_key.reveal()
+            else:
+                out["Authorization"] = f"Bearer {self.api_key.reveal()}"
+        out.update(self.extra_headers)
+        return out
+
+    def __repr__(self) -> str:
+        key = "set" if self.api_key is not None else "none"
+        azure = f", azure api_version={self.api_version!r}" if self.azure else ""
+        return f"ApiConfig(base_url={redact_url(self.base_url)!r}, api_key={key}{azure})"

@@ -1,0 +1,61 @@
+"""Every number dfbatch uses, in one place, with the reason for each."""
+
+from __future__ import annotations
+
+#: Same meaning as the openai SDK's ``base_url``; overridden by ``OPENAI_BASE_URL``.
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+#: Requests in flight at once. 30,000 RPM at 2 s latency needs 1,000 open requests.
+DEFAULT_MAX_IN_FLIGHT = 1_000
+
+#: Attempts per request, the first included (stamina and the SDK bound retries too).
+DEFAULT_MAX_ATTEMPTS = 5
+
+#: Seconds before a hung request is abandoned and retried (the SDK waits 600 s).
+DEFAULT_TIMEOUT = 60.0
+#: Seconds to open a TCP connection.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+#: Full-jitter backoff: wait = uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**(attempt-1))).
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 20.0
+#: A server's retry-after is honoured up to this many seconds (the SDK's cap is 60).
+RETRY_AFTER_MAX = 120.0
+#: Cool-down used after a 429 that carries no retry-after.
+DEFAULT_COOL_DOWN = 1.0
+
+#: Pacing: how many seconds of capacity may be spent at once. Servers enforce per-minute
+#: limits over 1 s windows, so the client never bursts more than a small slice of a second.
+BURST_SECONDS = 0.05
+#: Fraction of a server-announced limit the client paces at, keeping a margin for clock skew.
+HEADER_LIMIT_SHARE = 0.99
+#: After a 429 the pace drops to this share of what it was ...
+BACKOFF_RATE_FACTOR = 0.7
+#: ... and climbs back by this share of the target per second without a 429.
+RATE_RECOVERY_PER_SECOND = 0.02
+
+#: Completion tokens assumed when a request sets no max_tokens / max_completion_tokens.
+#: The server reserves tokens for the answer; too low an estimate overruns TPM.
+DEFAULT_COMPLETION_TOKENS = 1_024
+#: Characters per token when no tiktoken encoding can be loaded (a deliberate overestimate).
+CHARS_PER_TOKEN_FALLBACK = 3
+
+#: Embeddings API limits (per request and per input).
+EMBED_MAX_INPUTS = 2_048
+EMBED_MAX_REQUEST_TOKENS = 300_000
+EMBED_MAX_INPUT_TOKENS = 8_191
+
+#: Chat token formula (OpenAI cookbook, current models): overhead per message, per ``name``,
+#: and for priming the reply; TPM estimates must match how the server counts prompts.
+CHAT_TOKENS_PER_MESSAGE = 3
+CHAT_TOKENS_PER_NAME = 1
+CHAT_REPLY_PRIMING_TOKENS = 3
+#: Tokens counted per non-text content part (image, audio, file): a low-detail image's cost.
+NON_TEXT_PART_TOKENS = 85
+#: Legacy /completions default max_tokens (the API's own default), so estimates match reservations.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+#: Encodings assumed for model names tiktoken and dfbatch's rules do not know (Azure deployments).
+DEFAULT_CHAT_ENCODING = "o200k_base"
+DEFAULT_EMBEDDING_ENCODING = "cl100k_base"
+#: Characters of recent strings whose token counts are remembered (one system prompt, many rows).
+TOKEN_MEMO_CHARS = 1_000_000

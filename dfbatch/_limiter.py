@@ -1,0 +1,278 @@
+"""Pacing: how long the next request must wait so the run stays under RPM, TPM and the server.
+
+A pure module: every method takes ``now`` (seconds on any monotonic clock) and returns plain
+values, so the tests move time by assignment and never sleep. The engine's gate turns the
+answers into ``asyncio.sleep`` calls.
+
+The model. A server that allows ``L`` per minute over 1-second windows behaves like a bucket
+holding one second's share ``S = L/60`` that refills at ``L/60`` per second. The client keeps
+the same bucket in GCRA form: ``tat`` is the time at which its own spending is paid off. Its
+debt ``d = tat - now`` (seconds) means the server's bucket holds ``S - rate*d``. A request of
+cost ``c`` may go when the server can take it, ``d <= (S - min(c, S)) / rate``, and never
+sooner than the burst allowance ``BURST_SECONDS`` permits, so a minute's capacity is never spent
+in its first second. A request larger than ``S`` waits for a full bucket, then goes: it never
+starves, and its cost delays the requests after it.
+
+On top of the configured pace the limiter follows the server:
+
+- ``x-ratelimit-limit-*`` lowers the pace to the announced limit (or sets it when none was given);
+- ``x-ratelimit-remaining-*`` pushes ``tat`` out when the server holds less than the client
+  thinks (other processes share the key, or the client's estimates run low);
+- a 429 starts a shared cool-down (``retry-after``) and cuts the pace to ``BACKOFF_RATE_FACTOR``
+  of itself; the pace climbs back by ``RATE_RECOVERY_PER_SECOND`` of the target per second.
+
+With no limits configured and no headers the limiter paces nothing; the concurrency window
+then does the careful start: one request until the first answer, then +1 per success (TCP's
+slow start) up to the in-flight cap, halved on a 429.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from . import _constants as C
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds in a Go-style duration as OpenAI sends it; ``None`` when unreadable.
+
+    >>> parse_duration("6m0s"), parse_duration("20ms"), parse_duration("2.188s")
+    (360.0, 0.02, 2.188)
+    """
+    if not text:
+        return None
+    text = text.strip()
+    try:
+        return float(text)  # a bare number is seconds
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One dimension of a server's rate-limit headers."""
+
+    limit: int | None  # per minute
+    remaining: int | None
+    reset: float | None  # seconds until full again
+
+
+@dataclass(frozen=True, slots=True)
+class RateHeaders:
+    """The ``x-ratelimit-*`` headers of one response."""
+
+    requests: Budget
+    tokens: Budget
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, str]) -> RateHeaders | None:
+        """Read the headers; ``None`` when the server sent none (vLLM, Ollama, ...)."""
+
+        def budget(kind: str) -> Budget:
+            return Budget(
+                _int_header(headers, f"x-ratelimit-limit-{kind}"),
+                _int_header(headers, f"x-ratelimit-remaining-{kind}"),
+                parse_duration(headers.get(f"x-ratelimit-reset-{kind}")),
+            )
+
+        found = cls(budget("requests"), budget("tokens"))
+        if found.requests == Budget(None, None, None) and found.tokens == Budget(None, None, None):
+            return None
+        return found
+
+
+class Pace:
+    """One GCRA bucket (requests or tokens). ``rate`` is per second; ``None`` paces nothing."""
+
+    __slots__ = ("configured", "factor", "learned", "sent", "tat")
+
+    def __init__(self, per_minute: float | None, now: float) -> None:
+        self.configured = per_minute / 60.0 if per_minute else None
+        self.learned: float | None = None  # from x-ratelimit-limit-*
+        self.factor = 1.0  # cut by 429s, recovers over time
+        self.tat = now
+        self.sent = 0.0  # units sent so far, to reconcile with x-ratelimit-remaining
+
+    @property
+    def target(self) -> float | None:
+        """The pace before 429 cuts: the lower of the configured and the announced limit."""
+        rates = [r for r in (self.configured, self.learned) if r]
+        return min(rates) if rates else None
+
+    @property
+    def rate(self) -> float | None:
+        target = self.target
+        return None if target is None else target * self.factor
+
+    def allowed_debt(self, cost: float, rate: float) -> float:
+        """How far ahead of the clock ``tat`` may be for a request of ``cost`` to go now."""
+        share = self.target or rate  # the server's bucket: one second's share at the true limit
+        return min(C.BURST_SECONDS, (share - min(cost, share)) / rate)
+
+    def delay(self, cost: float, now: float) -> float:
+        """Seconds until ``cost`` units may be sent."""
+        rate = self.rate
+        if rate is None:
+            return 0.0
+        return max(0.0, self.tat - now - self.allowed_debt(cost, rate))
+
+    def spend(self, cost: float, now: float) -> None:
+        self.sent += cost
+        rate = self.rate
+        if rate is not None:
+            self.tat = max(self.tat, now) + cost / rate
+
+    def follow(self, budget: Budget, sent_then: float, sent_at: float, now: float) -> None:
+        """Adopt the server's limit and never run ahead of what it says remains."""
+        if budget.limit:
+            self.learned = budget.limit / 60.0 * C.HEADER_LIMIT_SHARE
+        rate = self.rate
+        if rate is None or budget.remaining is None or not budget.limit:
+            return
+        refill = budget.limit / 60.0
+        # What the server holds now: what it said, less what we sent since, plus its refill.
+        # (It may hold more than a second's share: refill until the reset it announced.)
+        full = max(refill, budget.remaining + (budget.reset or 0.0) * refill)
+        level = min(full, budget.remaining - (self.sent - sent_then) + (now - sent_at) * refill)
+        # Let the client send about ``level`` units now, or, below one, wait for the refill.
+        lag = (1.0 - level) / (refill if level < 1.0 else rate)
+        needed_tat = now + self.allowed_debt(1.0, rate) + lag
+        if needed_tat > self.tat:
+            self.tat = needed_tat
+
+    def cut(self) -> None:
+        self.factor = max(0.05, self.factor * C.BACKOFF_RATE_FACTOR)
+
+    def recover(self, elapsed: float) -> None:
+        self.factor = min(1.0, self.factor + C.RATE_RECOVERY_PER_SECOND * elapsed)
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What the limiter remembers of one send, to read its answer's headers against."""
+
+    sent_at: float
+    requests_sent: float  # units sent so far, this request's included
+    tokens_sent: float
+
+
+class Limiter:
+    """RPM, TPM, the server's headers, 429 cool-downs and the concurrency window, in one place.
+
+    >>> lim = Limiter(rpm=600, tpm=None, max_in_flight=10, now=0.0)
+    >>> lim.delay(tokens=1, now=0.0)
+    0.0
+    >>> t = lim.on_send(tokens=1, now=0.0); lim.on_response(t, None, now=0.01)
+    >>> round(lim.delay(tokens=1, now=0.01), 3)  # 10 requests/s, 50 ms of burst allowed
+    0.0
+    """
+
+    def __init__(
+        self,
+        *,
+        rpm: float | None,
+        tpm: float | None,
+        max_in_flight: int,
+        now: float,
+    ) -> None:
+        self.requests = Pace(rpm, now)
+        self.tokens = Pace(tpm, now)
+        self.max_in_flight = max_in_flight
+        self.cool_down_until = now
+        self._last_cut = -math.inf
+        self._last_recover = now
+        self._answered = 0
+        self._window = 1.0  # one request until the server has answered once
+
+    def __repr__(self) -> str:
+        def fmt(rate: float | None) -> str:
+            return "unpaced" if rate is None else f"{rate * 60:.0f}/min"
+
+        return (
+            f"<Limiter requests={fmt(self.requests.rate)} tokens={fmt(self.tokens.rate)} "
+            f"window={self.window}/{self.max_in_flight} cool_down_until={self.cool_down_until:.3f}>"
+        )
+
+    @property
+    def window(self) -> int:
+        """How many requests may be in flight now."""
+        return max(1, min(self.max_in_flight, int(self._window)))
+
+    def delay(self, tokens: float, now: float) -> float:
+        """Seconds until a request estimated at ``tokens`` may be sent (0.0: send now)."""
+        self._recover(now)
+        wait = max(
+            self.cool_down_until - now,
+            self.requests.delay(1, now),
+            self.tokens.delay(tokens, now),
+        )
+        # Below a microsecond is rounding, and sleeping it could spin on a clock that cannot tick.
+        return wait if wait > 1e-6 else 0.0
+
+    def on_send(self, tokens: float, now: float) -> Ticket:
+        self.requests.spend(1, now)
+        self.tokens.spend(tokens, now)
+        return Ticket(now, self.requests.sent, self.tokens.sent)
+
+    def on_response(self, ticket: Ticket, headers: RateHeaders | None, now: float) -> None:
+        """An answer that was not a 429 (success or any other error)."""
+        self._answered += 1
+        if headers is not None:
+            self.requests.follow(headers.requests, ticket.requests_sent, ticket.sent_at, now)
+            self.tokens.follow(headers.tokens, ticket.tokens_sent, ticket.sent_at, now)
+        if self._answered == 1 and self._paced():
+            self._window = self.max_in_flight  # limits known: the pace does the rest
+        elif self._window < self.max_in_flight:
+            self._window += 1  # slow start: doubles every round trip
+
+    def on_rate_limited(
+        self, ticket: Ticket, headers: RateHeaders | None, retry_after: float | None, now: float
+    ) -> None:
+        """A 429: cool down everyone, and cut the pace once per cool-down."""
+        self._answered += 1
+        wait = retry_after if retry_after is not None else C.DEFAULT_COOL_DOWN
+        self.cool_down_until = max(self.cool_down_until, now + wait)
+        if headers is not None:
+            self.requests.follow(headers.requests, ticket.requests_sent, ticket.sent_at, now)
+            self.tokens.follow(headers.tokens, ticket.tokens_sent, ticket.sent_at, now)
+        # Answers to requests sent before the last cut say nothing new about the new pace.
+        if ticket.sent_at < self._last_cut:
+            return
+        self._last_cut = now
+        self.requests.cut()
+        self.tokens.cut()
+        if not self._paced():
+            self._window = max(1.0, self._window / 2)
+
+    def _paced(self) -> bool:
+        return self.requests.rate is not None or self.tokens.rate is not None
+
+    def _recover(self, now: float) -> None:
+        if now < self.cool_down_until:
+            self._last_recover = now  # no climbing back while cooling down
+            return
+        elapsed = now - self._last_recover
+        if elapsed > 0:
+            self.requests.recover(elapsed)
+            self.tokens.recover(elapsed)
+            self._last_recover = now

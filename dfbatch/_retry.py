@@ -1,0 +1,202 @@
+"""Retry policy: what an answer means, and how long to wait before trying again.
+
+Pure functions over a status, headers and bytes (or a network error's kind), returning a
+:class:`Verdict`. The rules, after OpenAI's guide and the official SDK:
+
+========================================  ============================================
+answer                                    verdict
+========================================  ============================================
+2xx with a JSON body                      SUCCESS
+2xx whose body is not JSON (a proxy page) RETRY
+408, 409, 5xx, timeouts, connection drops RETRY
+429 ``rate_limit_exceeded``               RETRY after retry-after, and slow the run
+429 "Request too large"                   FAIL_ROW: that request can never pass
+429 ``insufficient_quota``, spend limits  ABORT: no request can succeed
+401                                       ABORT: the key is wrong
+404 ``model_not_found``, 404 not JSON     ABORT: wrong model, or wrong base URL
+400, 403, 404, 422, other 4xx             FAIL_ROW
+========================================  ============================================
+
+``x-should-retry: true|false`` overrides RETRY / FAIL_ROW, as in the SDK (never ABORT).
+
+Backoff is full jitter: ``wait = u * min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1))`` with
+``u`` uniform in [0, 1), unless the server said how long (retry-after-ms, then retry-after,
+honoured up to ``RETRY_AFTER_MAX``).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from . import _constants as C
+from ._errors import AuthenticationError, ModelNotFoundError, QuotaExceededError, RunAbortedError
+from ._types import ErrorInfo
+
+QUOTA_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "billing_hard_limit_reached",
+        "billing_not_active",
+        "access_terminated",
+    }
+)
+_TRY_AGAIN_IN = re.compile(
+    r"(?:try again in|retry after)\s+(\d+(?:\.\d+)?)\s*(ms|s|seconds?)\b", re.I
+)
+
+
+class Action(enum.Enum):
+    SUCCESS = "success"
+    RETRY = "retry"
+    FAIL_ROW = "fail_row"
+    ABORT = "abort"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with one answer."""
+
+    action: Action
+    body: Any = None  # the parsed JSON on success
+    error: ErrorInfo | None = None
+    retry_after: float | None = None  # seconds the server asked for
+    rate_limited: bool = False  # a 429 that should slow the whole run
+    abort: type[RunAbortedError] | None = None
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The server's requested wait in seconds: retry-after-ms, else retry-after (seconds or date).
+
+    ``now`` is the wall-clock time (``time.time()``) used to read an HTTP-date; a value outside
+    (0, RETRY_AFTER_MAX] is ignored, like the SDK does.
+    """
+    wait: float | None = None
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            wait = float(ms) / 1000.0
+        except ValueError:
+            wait = None
+    if wait is None and (value := headers.get("retry-after")) is not None:
+        try:
+            wait = float(value)
+        except ValueError:
+            try:
+                when = parsedate_to_datetime(value).timestamp()
+            except (TypeError, ValueError, IndexError):
+                when = None
+            if when is not None and now is not None:
+                wait = when - now
+    if wait is None or not 0 < wait <= C.RETRY_AFTER_MAX:
+        return None
+    return wait
+
+
+def backoff(attempt: int, u: float) -> float:
+    """Full-jitter exponential backoff before attempt ``attempt + 1``; ``u`` in [0, 1).
+
+    >>> backoff(1, 0.5), backoff(3, 0.5), backoff(20, 0.999) <= 20.0
+    (0.25, 1.0, True)
+    """
+    return u * min(C.BACKOFF_MAX, C.BACKOFF_BASE * 2 ** max(0, attempt - 1))
+
+
+def _error_info(status: int, body: Any, headers: Mapping[str, str], fallback: str) -> ErrorInfo:
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        message = str(err.get("message") or fallback)
+        code, etype = err.get("code"), err.get("type")
+    else:
+        message = str(err) if isinstance(err, str) else fallback
+        code = etype = None
+    return ErrorInfo(
+        status=status,
+        code=None if code is None else str(code),
+        type=None if etype is None else str(etype),
+        message=message,
+        request_id=headers.get("x-request-id"),
+    )
+
+
+def _is_quota(info: ErrorInfo) -> bool:
+    for value in (info.code, info.type):
+        if value and (value in QUOTA_CODES or value.endswith("spend_limit_exceeded")):
+            return True
+    return False
+
+
+def classify_response(
+    status: int, headers: Mapping[str, str], body: bytes, now: float | None = None
+) -> Verdict:
+    """Read one HTTP answer. ``now`` is wall-clock time, for HTTP-date retry-after values."""
+    try:
+        parsed: Any = json.loads(body) if body else None
+        is_json = body is not None and len(body) > 0
+    except (ValueError, UnicodeDecodeError):
+        parsed, is_json = None, False
+
+    if 200 <= status < 300:
+        if is_json:
+            return Verdict(Action.SUCCESS, body=parsed)
+        snippet = body[:80].decode("utf-8", "replace") if body else ""
+        info = ErrorInfo(
+            status,
+            "invalid_response",
+            f"the server answered 200 with a body that is not JSON: {snippet!r}",
+            request_id=headers.get("x-request-id"),
+        )
+        return Verdict(Action.RETRY, error=info)
+
+    reason = _STATUS_TEXT.get(status, "error")
+    info = _error_info(status, parsed, headers, f"HTTP {status} {reason}")
+    retry_after = retry_after_seconds(headers, now)
+
+    if status == 401:
+        return Verdict(Action.ABORT, error=info, abort=AuthenticationError)
+    if _is_quota(info):
+        return Verdict(Action.ABORT, error=info, abort=QuotaExceededError)
+    if status == 404 and (info.code == "model_not_found" or not is_json):
+        return Verdict(Action.ABORT, error=info, abort=ModelNotFoundError)
+
+    if status == 429:
+        if "request too large" in info.message.lower():
+            return Verdict(Action.FAIL_ROW, error=info)
+        if retry_after is None and (m := _TRY_AGAIN_IN.search(info.message)):
+            seconds = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
+            retry_after = seconds if 0 < seconds <= C.RETRY_AFTER_MAX else None
+        return Verdict(Action.RETRY, error=info, retry_after=retry_after, rate_limited=True)
+
+    action = Action.RETRY if status in (408, 409) or status >= 500 else Action.FAIL_ROW
+    should = headers.get("x-should-retry")
+    if should == "true":
+        action = Action.RETRY
+    elif should == "false":
+        action = Action.FAIL_ROW
+    return Verdict(action, error=info, retry_after=retry_after if action is Action.RETRY else None)
+
+
+def classify_exception(kind: str, message: str) -> Verdict:
+    """A request that got no HTTP answer: a timeout or a dropped connection. Always retried."""
+    return Verdict(Action.RETRY, error=ErrorInfo(None, kind, message))
+
+
+_STATUS_TEXT = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    409: "Conflict",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}

@@ -182,9 +182,9 @@ class Limiter:
     >>> lim = Limiter(rpm=600, tpm=None, max_in_flight=10, now=0.0)
     >>> lim.delay(tokens=1, now=0.0)
     0.0
-    >>> t = lim.on_send(tokens=1, now=0.0); lim.on_response(t, None, now=0.01)
-    >>> round(lim.delay(tokens=1, now=0.01), 3)  # 10 requests/s, 50 ms of burst allowed
-    0.0
+    >>> lim.on_response(lim.on_send(tokens=1, now=0.0), None, now=0.01)
+    >>> round(lim.delay(tokens=1, now=0.01), 3)  # 10 requests/s: the next one 100 ms later
+    0.04
     """
 
     def __init__(

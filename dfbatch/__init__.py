@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from . import _accessor  # noqa: F401  (registers the .llm accessors)
 from ._config import ApiConfig
 from ._engine import Engine
 from ._errors import (

@@ -59,3 +59,20 @@ DEFAULT_CHAT_ENCODING = "o200k_base"
 DEFAULT_EMBEDDING_ENCODING = "cl100k_base"
 #: Characters of recent strings whose token counts are remembered (one system prompt, many rows).
 TOKEN_MEMO_CHARS = 1_000_000
+
+#: Response cache: seconds an answer waits in memory before it is written (what a kill -9 loses).
+CACHE_FLUSH_INTERVAL = 0.2
+#: Buffered answers that force a write before the interval is up (one transaction each).
+CACHE_FLUSH_MAX_ITEMS = 5_000
+#: Buffered bytes that force a write before the interval is up (about 5,000 1,536-d vectors).
+CACHE_FLUSH_MAX_BYTES = 32 * 2**20
+#: Seconds a write waits while another kernel or process holds the store's write lock.
+CACHE_BUSY_TIMEOUT = 10.0
+#: Keys per ``SELECT ... WHERE key IN (...)``: far below SQLite's variable limit (999 before 3.32).
+CACHE_QUERY_CHUNK = 500
+#: Page size of new stores: ten 1,536-d (or five 3,072-d) float32 vectors fill a page, little waste.
+CACHE_PAGE_SIZE = 65_536
+#: Bytes of the store read through mmap: 100,000 vectors read without a syscall per page.
+CACHE_MMAP_BYTES = 2**30
+#: Bytes the write-ahead log is cut back to after a checkpoint.
+CACHE_WAL_LIMIT_BYTES = 64 * 2**20

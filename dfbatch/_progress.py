@@ -74,7 +74,9 @@ def format_summary(figures: dict[str, Any], *, rows: int, failed: int, cached: i
 
     >>> print(format_summary({"requests": 3, "retries": 0, "rate_limited": 0, "elapsed_s": 1.5,
     ...     "tokens_used": 30, "effective_rpm": 120.0, "failures_by_cause": {}}, rows=3, failed=0))
-    dfbatch: 3 rows, 3 ok, 0 failed; 3 requests, 30 tokens, 0 retries, 0 429s in 1.5 s (120 requests/min)
+    ... # doctest: +NORMALIZE_WHITESPACE
+    dfbatch: 3 rows, 3 ok, 0 failed; 3 requests, 30 tokens, 0 retries, 0 429s in 1.5 s
+    (120 requests/min)
     """
     ok = rows - failed
     text = (

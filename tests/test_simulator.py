@@ -81,9 +81,9 @@ def chat_body(text: Any, **extra: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- deterministic answers
-def test_count_tokens_is_len_over_four_at_least_one() -> None:
-    """count_tokens is exactly max(1, len(text) // 4)."""
-    assert [count_tokens(t) for t in ("", "abc", "abcd", "x" * 39)] == [1, 1, 1, 9]
+def test_count_tokens_counts_words_and_marks() -> None:
+    """count_tokens counts words and punctuation marks, at least one."""
+    assert [count_tokens(t) for t in ("", "abc", "a, b.", "word " * 39)] == [1, 1, 4, 39]
 
 
 def test_expected_embeddings_batch_equals_single_and_unit_norm() -> None:
@@ -106,7 +106,7 @@ def test_embeddings_float_equal_expected_exactly(sim: Simulator) -> None:
     assert r.status == 200
     body = r.json
     assert body["object"] == "list" and body["model"] == EMB
-    assert body["usage"] == {"prompt_tokens": 2, "total_tokens": 2}
+    assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
     for item, text in zip(body["data"], ["hello", "world!"], strict=True):
         assert item["object"] == "embedding"
         got = np.array(item["embedding"], dtype=np.float32)
@@ -167,13 +167,13 @@ def test_embeddings_invalid_inputs_are_400(sim: Simulator) -> None:
     empty = call(url, {"model": EMB, "input": ["ok", ""]})
     assert empty.status == 400
     assert empty.json["error"]["type"] == "invalid_request_error"
-    long = call(url, {"model": EMB, "input": "x" * 4 * 8192})
+    long = call(url, {"model": EMB, "input": "x " * 8192})
     assert long.status == 400 and long.json["error"]["code"] is None
     msg = long.json["error"]["message"]
     assert msg.startswith("This model's maximum context length is 8192 tokens, however you ")
     assert "8192 tokens" in msg.split("requested")[1]
     assert call(url, {"model": EMB, "input": ["a"] * 2049}).status == 400
-    total = call(url, {"model": EMB, "input": ["x" * 4 * 8000] * 38})
+    total = call(url, {"model": EMB, "input": ["x " * 8000] * 38})
     assert total.status == 400 and total.json["error"]["code"] == "max_tokens_per_request"
     assert call(url, {"model": EMB}).status == 400
 
@@ -258,7 +258,7 @@ def test_legacy_completions(sim: Simulator) -> None:
 
 def test_chat_context_length_exceeded(sim: Simulator) -> None:
     """A chat prompt over the model's context gets 400 context_length_exceeded."""
-    r = call(sim.base_url + "/chat/completions", chat_body("x" * 4 * 16_400, model="gpt-3.5-turbo"))
+    r = call(sim.base_url + "/chat/completions", chat_body("x " * 16_400, model="gpt-3.5-turbo"))
     assert r.status == 400 and r.json["error"]["code"] == "context_length_exceeded"
 
 

@@ -27,6 +27,7 @@ Rules (choice ``i`` answers as if the user text were ``text + f" [{i}]"`` when `
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from hashlib import blake2b
@@ -65,13 +66,19 @@ INVALID_JSON_MARKER = "[[invalid-json]]"
 _BASIS_ROWS = 64  # one int8 coefficient per byte of a 64-byte blake2b digest
 
 
-def count_tokens(text: str) -> int:
-    """Tokens the simulator counts for ``text``: exactly ``max(1, len(text) // 4)``.
+_TOKEN = re.compile(r"\w+|[^\w\s]")
 
-    >>> count_tokens(""), count_tokens("abcd" * 10)
-    (1, 10)
+
+def count_tokens(text: str) -> int:
+    """Tokens the simulator counts for ``text``: its words and punctuation marks, at least 1.
+
+    Cheap, and close to a BPE count for English (a little under it), so the simulator never
+    refuses what a real server would take.
+
+    >>> count_tokens(""), count_tokens("Hello, world!"), count_tokens("word " * 10)
+    (1, 4, 10)
     """
-    return max(1, len(text) // 4)
+    return max(1, len(_TOKEN.findall(text)))
 
 
 def default_dimensions(model: str) -> int:
@@ -350,7 +357,7 @@ def expected_completion(body: dict[str, Any]) -> dict[str, Any]:
     >>> r = expected_completion({"model": "gpt-4o-mini",
     ...                          "messages": [{"role": "user", "content": "hi"}]})
     >>> r["choices"][0]["message"]["content"], r["usage"]["total_tokens"]
-    ('echo: hi', 3)
+    ('echo: hi', 4)
     """
     n = int(body.get("n") or 1)
     model = body.get("model", "")

@@ -1,0 +1,246 @@
+"""``df.llm`` and ``series.llm``: thin rooms over the engine.
+
+Like pandas' own ``.str``: the accessor validates its object in ``__init__``, keeps no state
+beyond it (pandas 3 builds a new accessor on every attribute access), never mutates the
+caller's frame, and returns a new object with the caller's index.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Unpack
+
+import pandas as pd
+
+from ._chat import Prompt
+from ._frames import complete_frame, embed_values
+from ._options import RunKwargs
+from ._run import RunOptions
+from ._sync import run_sync
+
+DEFAULT_EMBED_MODEL = "text-embedding-3-small"
+DEFAULT_CHAT_MODEL = "gpt-4o-mini"
+# The column name a Series' values take when it has none.
+SERIES_COLUMN = "text"
+
+
+@pd.api.extensions.register_dataframe_accessor("llm")
+class LlmFrameAccessor:
+    """Enrich a DataFrame through the OpenAI API (or a compatible server).
+
+    >>> import dfbatch                                                   # doctest: +SKIP
+    >>> out = df.llm.embed("text")                                       # doctest: +SKIP
+    >>> out = df.llm.complete("Summarize: {text}", max_tokens=50)         # doctest: +SKIP
+    """
+
+    def __init__(self, pandas_obj: pd.DataFrame) -> None:
+        if not isinstance(pandas_obj, pd.DataFrame):
+            raise AttributeError("the .llm accessor works on a DataFrame or a Series")
+        self._obj = pandas_obj
+
+    def _column(self, column: Any) -> pd.Series:
+        try:
+            series = self._obj[column]
+        except KeyError:
+            raise _missing_column(column, self._obj.columns) from None
+        if isinstance(series, pd.DataFrame):
+            raise _bad_column(f"column label {column!r} is not unique in this DataFrame")
+        return series
+
+    def embed(
+        self,
+        column: Any,
+        *,
+        model: str = DEFAULT_EMBED_MODEL,
+        output: str = "embedding",
+        dimensions: int | None = None,
+        batch_size: int | None = None,
+        truncate: bool = False,
+        usage: bool = False,
+        errors: str = "coerce",
+        **options: Unpack[RunKwargs],
+    ) -> pd.DataFrame:
+        """A copy of the frame with an ``output`` column of float32 vectors for ``column``.
+
+        Rows are packed many to a request (at most 2,048 inputs and 300,000 tokens; set
+        ``batch_size=1`` for one row a request). NA cells give NA without a request; empty or
+        non-string cells, and texts over 8,191 tokens (unless ``truncate=True``), fail alone.
+        Each failure's reason is in ``{output}_error``; ``errors="raise"`` raises after the run.
+
+        >>> df.llm.embed("text", dimensions=256).embedding.iloc[0].shape  # doctest: +SKIP
+        (256,)
+        """
+        return run_sync(
+            lambda: self.aembed(
+                column,
+                model=model,
+                output=output,
+                dimensions=dimensions,
+                batch_size=batch_size,
+                truncate=truncate,
+                usage=usage,
+                errors=errors,
+                **options,
+            )
+        )
+
+    async def aembed(
+        self,
+        column: Any,
+        *,
+        model: str = DEFAULT_EMBED_MODEL,
+        output: str = "embedding",
+        dimensions: int | None = None,
+        batch_size: int | None = None,
+        truncate: bool = False,
+        usage: bool = False,
+        errors: str = "coerce",
+        **options: Unpack[RunKwargs],
+    ) -> pd.DataFrame:
+        """The async twin of :meth:`embed`, for code already inside an event loop."""
+        values = self._column(column).to_numpy(dtype=object)
+        return await embed_values(
+            self._obj,
+            values,
+            model=model,
+            output=output,
+            dimensions=dimensions,
+            batch_size=batch_size,
+            truncate=truncate,
+            usage=usage,
+            errors=errors,
+            options=RunOptions.build(**options),
+        )
+
+    def complete(
+        self,
+        prompt: Prompt,
+        *,
+        model: str = DEFAULT_CHAT_MODEL,
+        system: str | None = None,
+        output: str = "completion",
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        response_format: Any = None,
+        n: int = 1,
+        expand: bool = False,
+        usage: bool = False,
+        errors: str = "coerce",
+        extra_body: dict[str, Any] | None = None,
+        **options: Unpack[RunKwargs],
+    ) -> pd.DataFrame:
+        """A copy of the frame with the model's answer to ``prompt`` for each row.
+
+        ``prompt`` is a template naming columns (``"Summarize: {text}"``; a name that is not
+        a column fails before any request) or a function of the row returning a string or a
+        messages list. ``response_format`` (``"json_object"``, a JSON schema, or a pydantic
+        model class) gives parsed values, and ``expand=True`` a column per field. ``n > 1``
+        gives lists. Rows with an NA field are not sent.
+
+        >>> df.llm.complete("Translate to French: {text}", max_tokens=60)  # doctest: +SKIP
+        """
+        return run_sync(
+            lambda: self.acomplete(
+                prompt,
+                model=model,
+                system=system,
+                output=output,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                response_format=response_format,
+                n=n,
+                expand=expand,
+                usage=usage,
+                errors=errors,
+                extra_body=extra_body,
+                **options,
+            )
+        )
+
+    async def acomplete(
+        self,
+        prompt: Prompt,
+        *,
+        model: str = DEFAULT_CHAT_MODEL,
+        system: str | None = None,
+        output: str = "completion",
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        response_format: Any = None,
+        n: int = 1,
+        expand: bool = False,
+        usage: bool = False,
+        errors: str = "coerce",
+        extra_body: dict[str, Any] | None = None,
+        _positional: str | None = None,
+        **options: Unpack[RunKwargs],
+    ) -> pd.DataFrame:
+        """The async twin of :meth:`complete`."""
+        return await complete_frame(
+            self._obj,
+            prompt,
+            model=model,
+            system=system,
+            output=output,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            response_format=response_format,
+            n=n,
+            expand=expand,
+            usage=usage,
+            errors=errors,
+            extra_body=extra_body,
+            options=RunOptions.build(**options),
+            positional=_positional,
+        )
+
+
+@pd.api.extensions.register_series_accessor("llm")
+class LlmSeriesAccessor:
+    """``series.llm.embed()`` and ``series.llm.complete("... {} ...")``.
+
+    Both return a DataFrame: the Series as a column (named after it, or ``"text"``), then the
+    answers and their ``_error`` column, exactly as ``df.llm`` would give.
+    """
+
+    def __init__(self, pandas_obj: pd.Series) -> None:
+        if not isinstance(pandas_obj, pd.Series):
+            raise AttributeError("the .llm accessor works on a DataFrame or a Series")
+        self._obj = pandas_obj
+
+    def _frame(self) -> tuple[pd.DataFrame, str]:
+        name = self._obj.name if self._obj.name is not None else SERIES_COLUMN
+        return self._obj.to_frame(name=name), name
+
+    def embed(self, **kwargs: Any) -> pd.DataFrame:
+        """Embed the Series' texts; keyword options as for ``DataFrame.llm.embed``."""
+        frame, name = self._frame()
+        return frame.llm.embed(name, **kwargs)
+
+    async def aembed(self, **kwargs: Any) -> pd.DataFrame:
+        frame, name = self._frame()
+        return await frame.llm.aembed(name, **kwargs)
+
+    def complete(self, prompt: Prompt = "{}", **kwargs: Any) -> pd.DataFrame:
+        """Complete each value; ``{}`` in the template stands for the value."""
+        frame, name = self._frame()
+        return run_sync(lambda: frame.llm.acomplete(prompt, _positional=name, **kwargs))
+
+    async def acomplete(self, prompt: Prompt = "{}", **kwargs: Any) -> pd.DataFrame:
+        frame, name = self._frame()
+        return await frame.llm.acomplete(prompt, _positional=name, **kwargs)
+
+
+def _missing_column(column: Any, columns: pd.Index) -> Exception:
+    from ._errors import ConfigurationError
+
+    shown = ", ".join(repr(c) for c in list(columns)[:20])
+    return ConfigurationError(f"no column {column!r} in the DataFrame (columns: {shown})")
+
+
+def _bad_column(message: str) -> Exception:
+    from ._errors import ConfigurationError
+
+    return ConfigurationError(message)
+
+
+__all__ = ["LlmFrameAccessor", "LlmSeriesAccessor"]

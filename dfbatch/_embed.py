@@ -1,0 +1,258 @@
+"""Embeddings: rows -> packed requests -> float32 vectors back on their rows.
+
+Many rows share one request (at most ``EMBED_MAX_INPUTS`` inputs and
+``EMBED_MAX_REQUEST_TOKENS`` tokens), identical texts are sent once, and answers are joined
+back by the response's ``index``, never by position. Vectors are asked for as base64 and decoded
+straight into one contiguous float32 block; each row's value is a view of its line of that
+block, so 100,000 x 1,536 vectors cost their raw size and nothing per float.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _constants as C
+from ._cache import embedding_key
+from ._tokens import count_texts, encoding_name_for_model, load_encoding
+from ._types import ErrorInfo, Outcome, Request
+
+ENDPOINT = "/embeddings"
+
+
+def skip_reason(value: Any) -> str | None:
+    """Why a cell is not sent: ``""`` for NA (an NA answer, no error), a message for bad input."""
+    if value is None or (not isinstance(value, str) and _is_na(value)):
+        return ""
+    if not isinstance(value, str):
+        return f"invalid input: not a string ({type(value).__name__})"
+    if not value:
+        return "invalid input: empty text"
+    return None
+
+
+def _is_na(value: Any) -> bool:
+    try:
+        import pandas as pd
+
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def truncate_text(text: str, encoding_name: str, limit: int) -> str:
+    """The first ``limit`` tokens of ``text`` (by characters when no encoding can be loaded)."""
+    encoding = load_encoding(encoding_name)
+    if encoding is None:
+        return text[: limit * C.CHARS_PER_TOKEN_FALLBACK // 2]
+    return encoding.decode(encoding.encode_ordinary(text)[:limit])
+
+
+@dataclass
+class EmbedJob:
+    """The state of one ``embed`` call: unique texts, their rows, and the vectors so far."""
+
+    model: str
+    dimensions: int | None
+    n_rows: int
+    texts: list[str] = field(default_factory=list)  # unique texts to embed
+    rows_of: list[list[int]] = field(default_factory=list)  # positions per unique text
+    tokens: list[int] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)  # position -> message
+    block: np.ndarray | None = None  # unique text -> vector, float32
+    have: np.ndarray | None = None  # unique text -> answered?
+    cached: int = 0  # rows answered from the cache
+
+    @classmethod
+    def plan(
+        cls,
+        values: Sequence[Any],
+        *,
+        model: str,
+        dimensions: int | None,
+        truncate: bool,
+    ) -> EmbedJob:
+        job = cls(model=model, dimensions=dimensions, n_rows=len(values))
+        index_of: dict[str, int] = {}
+        for pos, value in enumerate(values):
+            reason = skip_reason(value)
+            if reason is not None:
+                if reason:
+                    job.errors[pos] = reason
+                continue
+            u = index_of.get(value)
+            if u is None:
+                u = index_of[value] = len(job.texts)
+                job.texts.append(value)
+                job.rows_of.append([])
+            job.rows_of[u].append(pos)
+        encoding = encoding_name_for_model(model)
+        job.tokens = count_texts(job.texts, encoding)
+        limit = C.EMBED_MAX_INPUT_TOKENS
+        for u, n in enumerate(job.tokens):
+            if n <= limit:
+                continue
+            if truncate:
+                job.texts[u] = truncate_text(job.texts[u], encoding, limit)
+                job.tokens[u] = min(n, limit)
+            else:
+                message = (
+                    f"input too long: {n:,} tokens, over the model's {limit:,}-token limit "
+                    "(shorten the text or pass truncate=True)"
+                )
+                for pos in job.rows_of[u]:
+                    job.errors[pos] = message
+                job.rows_of[u] = []
+        job.have = np.zeros(len(job.texts), dtype=bool)
+        return job
+
+    def keys(self) -> list[str]:
+        return [embedding_key(self.model, self.dimensions, t) for t in self.texts]
+
+    def store(self, u: int, vector: np.ndarray) -> None:
+        if self.block is None:
+            self.block = np.zeros((len(self.texts), vector.shape[0]), dtype=np.float32)
+        self.block[u] = vector
+        self.have[u] = True  # type: ignore[index]
+
+    def use_cached(self, vectors: dict[str, np.ndarray], keys: list[str]) -> int:
+        """Fill answers found in the cache; returns the rows they cover."""
+        rows = 0
+        for u, key in enumerate(keys):
+            vec = vectors.get(key)
+            if vec is not None and self.rows_of[u]:
+                self.store(u, vec)
+                rows += len(self.rows_of[u])
+        self.cached += rows
+        return rows
+
+    def requests(
+        self, *, batch_size: int | None, encoding_format: str | None, start_id: int = 0
+    ) -> Iterator[Request]:
+        """Pack the texts still missing into requests, by count and by tokens."""
+        size = min(batch_size or C.EMBED_MAX_INPUTS, C.EMBED_MAX_INPUTS)
+        batch: list[int] = []
+        tokens = 0
+        rid = start_id
+        for u in range(len(self.texts)):
+            if self.have[u] or not self.rows_of[u]:  # type: ignore[index]
+                continue
+            n = self.tokens[u]
+            if batch and (len(batch) >= size or tokens + n > C.EMBED_MAX_REQUEST_TOKENS):
+                yield self._request(rid, batch, tokens, encoding_format)
+                rid += 1
+                batch, tokens = [], 0
+            batch.append(u)
+            tokens += n
+        if batch:
+            yield self._request(rid, batch, tokens, encoding_format)
+
+    def _request(
+        self, rid: int, batch: list[int], tokens: int, encoding_format: str | None
+    ) -> Request:
+        body: dict[str, Any] = {"model": self.model, "input": [self.texts[u] for u in batch]}
+        if self.dimensions is not None:
+            body["dimensions"] = self.dimensions
+        if encoding_format:
+            body["encoding_format"] = encoding_format
+        return Request(rid, ENDPOINT, body, tokens, meta=batch)
+
+    def receive(self, outcome: Outcome, cache: Any, keys: list[str]) -> tuple[int, int]:
+        """Put one request's vectors on their rows; returns (rows finished, rows failed)."""
+        batch: list[int] = outcome.request.meta
+        rows = sum(len(self.rows_of[u]) for u in batch)
+        if outcome.error is not None:
+            self._fail(batch, str(outcome.error))
+            return rows, rows
+        try:
+            vectors = parse_embeddings(outcome.response, len(batch))
+        except ValueError as exc:
+            self._fail(batch, f"invalid response: {exc}")
+            return rows, rows
+        failed = 0
+        for i, u in enumerate(batch):
+            vec = vectors[i]
+            if vec is None:
+                self._fail([u], "invalid response: no embedding for this input")
+                failed += len(self.rows_of[u])
+                continue
+            self.store(u, vec)
+            if cache is not None:
+                cache.put_vector(keys[u], vec, model=self.model)
+        return rows, failed
+
+    def _fail(self, batch: list[int], message: str) -> None:
+        for u in batch:
+            for pos in self.rows_of[u]:
+                self.errors[pos] = message
+
+    def column(self) -> np.ndarray:
+        """One object per row: a float32 vector (a view of the block) or None."""
+        out = np.full(self.n_rows, None, dtype=object)
+        if self.block is None:
+            return out
+        block = self.block
+        have = self.have
+        for u, rows in enumerate(self.rows_of):
+            if have[u]:  # type: ignore[index]
+                for pos in rows:
+                    if pos not in self.errors:
+                        out[pos] = block[u]
+        return out
+
+    def error_column(self) -> np.ndarray:
+        out = np.full(self.n_rows, None, dtype=object)
+        for pos, message in self.errors.items():
+            out[pos] = message
+        return out
+
+    def row_tokens(self) -> np.ndarray:
+        """Estimated input tokens per row (what the row cost), for ``usage=True``."""
+        out = np.zeros(self.n_rows, dtype=np.int64)
+        for u, rows in enumerate(self.rows_of):
+            for pos in rows:
+                out[pos] = self.tokens[u]
+        return out
+
+
+def decode_vector(value: Any) -> np.ndarray:
+    """A float32 vector from base64 (little-endian float32) or a JSON list of floats."""
+    if isinstance(value, str):
+        raw = base64.b64decode(value)
+        if len(raw) % 4:
+            raise ValueError("base64 embedding is not a whole number of float32 values")
+        return np.frombuffer(raw, dtype="<f4")
+    if isinstance(value, list):
+        return np.asarray(value, dtype=np.float32)
+    raise ValueError(f"embedding of unexpected type {type(value).__name__}")
+
+
+def parse_embeddings(response: Any, n_inputs: int) -> list[np.ndarray | None]:
+    """Vectors by input position, joined on each item's ``index`` (servers may reorder)."""
+    data = response.get("data") if isinstance(response, dict) else None
+    if not isinstance(data, list):
+        raise ValueError("no 'data' list in the response")
+    out: list[np.ndarray | None] = [None] * n_inputs
+    for pos, item in enumerate(data):
+        index = item.get("index", pos) if isinstance(item, dict) else None
+        if not isinstance(index, int) or not 0 <= index < n_inputs:
+            raise ValueError(f"embedding index {index!r} out of range")
+        out[index] = decode_vector(item.get("embedding"))
+    dims = {v.shape[0] for v in out if v is not None}
+    if len(dims) > 1:
+        raise ValueError(f"embeddings of different lengths in one response: {sorted(dims)}")
+    return out
+
+
+def failed_on_format(outcome: Outcome) -> bool:
+    """A server that rejects ``encoding_format="base64"``: retry those inputs as floats."""
+    error: ErrorInfo | None = outcome.error
+    return (
+        error is not None
+        and error.status in (400, 422)
+        and ("encoding_format" in error.message or "base64" in error.message)
+    )

@@ -136,8 +136,17 @@ class Engine:
             f"max_in_flight={self.max_in_flight} max_attempts={self.max_attempts}>"
         )
 
-    async def run(self, requests: Iterable[Request], on_outcome: OutcomeCallback) -> RunStats:
+    async def run(
+        self,
+        requests: Iterable[Request],
+        on_outcome: OutcomeCallback,
+        *,
+        before_pull: Callable[[], Awaitable[None]] | None = None,
+    ) -> RunStats:
         """Send every request; call ``on_outcome`` once per request as each one ends.
+
+        ``before_pull`` is awaited before each request is taken from ``requests``: a front end
+        that writes results in input order uses it to bound its reorder buffer.
 
         Raises a :class:`RunAbortedError` subclass at once when the server refuses the whole run
         (bad key, no quota, unknown model); whatever ``on_outcome`` raises stops the run too.
@@ -179,9 +188,16 @@ class Engine:
         stop = asyncio.Event()
         feeding_over = False
         try:
-            for request in requests:
-                await slots.acquire()
+            pending = iter(requests)
+            while True:
+                await slots.acquire()  # pull only when a slot is free: memory stays bounded
+                if before_pull is not None and not failure:
+                    await before_pull()
                 if failure:
+                    break
+                request = next(pending, None)
+                if request is None:
+                    slots.release()
                     break
                 task = asyncio.ensure_future(process(request))
                 tasks.add(task)

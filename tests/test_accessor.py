@@ -252,3 +252,19 @@ def test_public_api_is_curated() -> None:
     for name in dfbatch.__all__:
         assert hasattr(dfbatch, name)
     assert json.dumps(sorted(dfbatch.__all__))
+
+
+@pytest.mark.parametrize(
+    ("server", "exc", "cause"),
+    [({"api_key": "sk-the-right-one"}, dfbatch.AuthenticationError, "API key"),
+     ({"quota_exhausted": True}, dfbatch.QuotaExceededError, "quota")],
+)
+def test_run_level_errors_stop_the_run_within_five_requests(server, exc, cause) -> None:  # type: ignore[no-untyped-def]
+    """A refused key or an empty quota stops a 5,000-row run after at most 5 requests."""
+    df = pd.DataFrame({"text": [f"row {i}" for i in range(5000)]})
+    with Simulator(**server) as s:
+        with pytest.raises(exc, match=cause) as info:
+            df.llm.complete("{text}", base_url=s.base_url, api_key="sk-wrong", rpm=1e6,
+                            cache=False, progress=False)
+        assert s.stats.requests <= 5
+    assert "Fix:" in str(info.value)

@@ -12,12 +12,13 @@ in completion order; the front ends put them back in row order.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+
+import orjson
 
 from . import _constants as C
 from ._config import ApiConfig
@@ -67,6 +68,12 @@ class _Gate:
         self._freed.set()
 
     async def acquire(self, tokens: int) -> Ticket:
+        if not self._lock.locked() and not self.closed and self.in_flight < self.limiter.window:
+            # Nobody is waiting: go now if the limiter allows, without queueing on the lock.
+            now = self._clock()
+            if self.limiter.delay(tokens, now) <= 0.0:
+                self.in_flight += 1
+                return self.limiter.on_send(tokens, now)
         async with self._lock:
             while True:
                 if self.closed:
@@ -224,7 +231,11 @@ class Engine:
         stats = self.stats
         limiter = gate.limiter
         url = self.api.url(request.endpoint)
-        body = json.dumps(request.body, ensure_ascii=False).encode()
+        try:
+            body = orjson.dumps(request.body)
+        except TypeError as exc:  # e.g. a numpy value in extra_body: that row fails alone
+            error = ErrorInfo(None, "invalid_request", f"the request body is not JSON: {exc}")
+            return self._failed(request, Verdict(Action.FAIL_ROW, error=error), 0)
         attempt = 0
         while True:
             attempt += 1

@@ -278,3 +278,12 @@ def test_callback_error_stops_the_run() -> None:
 def test_repr_hides_the_key() -> None:
     """Neither the engine's nor the config's repr shows the API key."""
     assert "sk-test-secret" not in repr(Engine(API)) + repr(API)
+
+
+def test_unserializable_body_fails_its_row_only() -> None:
+    """A body that is not JSON (a set inside) fails that row; the others are sent."""
+    reqs = requests(3)
+    reqs[1].body["bad"] = {1, 2}
+    out = {o.id: o for o in run(Engine(API, transport=MockTransport(
+        lambda u, h, b: _ok_async(b))), reqs)}
+    assert out[1].error.code == "invalid_request" and out[0].ok and out[2].ok

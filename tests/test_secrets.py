@@ -39,7 +39,7 @@ def test_key_absent_from_logs_errors_reprs_and_files(tmp_path, caplog, monkeypat
         with pytest.raises(QuotaExceededError) as quota:
             df.llm.embed("text", base_url=sim.base_url, api_key=KEY, cache=False,
                          progress=False)
-        seen += [str(quota.value), repr(quota.value)] + traceback.format_exception(quota.value)
+        seen += [str(quota.value), repr(quota.value), *traceback.format_exception(quota.value)]
     seen += [r.getMessage() for r in caplog.records]
     seen += [caplog.text]
     assert any("retrying" in r.getMessage() for r in caplog.records)  # DEBUG lines were there

@@ -70,9 +70,26 @@ CACHE_FLUSH_MAX_BYTES = 32 * 2**20
 CACHE_BUSY_TIMEOUT = 10.0
 #: Keys per ``SELECT ... WHERE key IN (...)``: far below SQLite's variable limit (999 before 3.32).
 CACHE_QUERY_CHUNK = 500
-#: Page size of new stores: ten 1,536-d (or five 3,072-d) float32 vectors fill a page, little waste.
-CACHE_PAGE_SIZE = 65_536
+#: Page size of new stores: random keys dirty one index page per answer, so pages stay small.
+CACHE_PAGE_SIZE = 4_096
 #: Bytes of the store read through mmap: 100,000 vectors read without a syscall per page.
 CACHE_MMAP_BYTES = 2**30
 #: Bytes the write-ahead log is cut back to after a checkpoint.
 CACHE_WAL_LIMIT_BYTES = 64 * 2**20
+
+#: Command line (``dfbatch run``): the cookbook script's defaults, kept so its command lines
+#: mean the same thing under dfbatch.
+CLI_REQUEST_URL = "https://api.openai.com/v1/embeddings"
+CLI_RPM = 1_500
+CLI_TPM = 125_000
+#: The ordered writer keeps at most this many times ``max_in_flight`` lines ahead of the
+#: oldest unwritten line (the reorder buffer's bound).
+CLI_REORDER_FACTOR = 2
+#: Lines parsed and looked up in the response cache at once.
+CLI_LOOKUP_BATCH = 256
+#: Seconds between status lines in the log when no progress bar is shown.
+CLI_STATUS_INTERVAL = 10.0
+#: Failed or malformed lines logged one by one before the rest are only counted.
+CLI_LOGGED_FAILURES = 20
+#: ``dfbatch embed`` / ``complete``: rows read, sent and written per chunk (memory bound).
+CLI_CHUNK_ROWS = 10_000

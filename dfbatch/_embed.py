@@ -66,6 +66,7 @@ class EmbedJob:
     block: np.ndarray | None = None  # unique text -> vector, float32
     have: np.ndarray | None = None  # unique text -> answered?
     cached: int = 0  # rows answered from the cache
+    not_sent: int = 0  # NA cells: an NA answer, no request, no error
 
     @classmethod
     def plan(
@@ -83,6 +84,8 @@ class EmbedJob:
             if reason is not None:
                 if reason:
                     job.errors[pos] = reason
+                else:
+                    job.not_sent += 1
                 continue
             u = index_of.get(value)
             if u is None:

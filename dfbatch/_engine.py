@@ -322,8 +322,8 @@ def run_stats_summary(stats: RunStats) -> dict[str, Any]:
     minutes = elapsed / 60.0 if elapsed > 0 else None
     return {
         "requests": stats.requests_sent,
-        "succeeded": stats.succeeded,
-        "failed": stats.failed,
+        "requests_succeeded": stats.succeeded,
+        "requests_failed": stats.failed,
         "retries": stats.retries,
         "rate_limited": stats.rate_limited,
         "tokens_estimated": stats.tokens_estimated,

@@ -7,6 +7,7 @@ on its row by position -> wrap with ``assign`` (the caller's index and frame unt
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ def _finish(
     output: str,
     errors: str,
     progress: bool | None,
+    not_sent: int,
 ) -> pd.DataFrame:
     out = frame.assign(
         **{
@@ -48,8 +50,13 @@ def _finish(
         }
     )
     out.attrs["dfbatch"] = figures
-    failed = int(pd.notna(out[f"{output}_error"]).sum())
+    errors_col = out[f"{output}_error"]
+    failed = int(errors_col.notna().sum())
     figures["rows_failed"] = failed
+    figures["failures_by_cause"] = dict(
+        Counter(_cause(m) for m in errors_col.dropna()).most_common()
+    )
+    figures["rows_not_sent"] = not_sent
     summary = format_summary(
         figures, rows=len(frame), failed=failed, cached=figures.get("rows_from_cache", 0)
     )
@@ -62,6 +69,11 @@ def _finish(
             result=out,
         )
     return out
+
+
+def _cause(message: str) -> str:
+    """A failure's short cause, to group by: "HTTP 400 code", "input too long", ..."""
+    return message.split(": ")[0].split(" (")[0]
 
 
 def _dtype(values: Any) -> Any:
@@ -108,6 +120,7 @@ async def embed_values(
             options=options,
             total_rows=job.n_rows,
             rows_done=job.n_rows - pending,
+            rows_failed=len(job.errors),
             rows_cached=job.cached,
             desc=f"embed {model}",
         )
@@ -132,15 +145,23 @@ async def embed_values(
     columns: dict[str, Any] = {output: job.column(), f"{output}_error": job.error_column()}
     if usage:
         columns[f"{output}_tokens"] = job.row_tokens()
-    return _finish(frame, columns, figures, output=output, errors=errors, progress=options.progress)
+    return _finish(
+        frame,
+        columns,
+        figures,
+        output=output,
+        errors=errors,
+        progress=options.progress,
+        not_sent=job.not_sent,
+    )
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for key in (
         "requests",
-        "succeeded",
-        "failed",
+        "requests_succeeded",
+        "requests_failed",
         "retries",
         "rate_limited",
         "tokens_estimated",
@@ -302,6 +323,7 @@ async def complete_frame(
             options=options,
             total_rows=rows,
             rows_done=rows - pending,
+            rows_failed=sum(e is not None for e in errs),
             rows_cached=cached_rows,
             desc=f"complete {model}",
         )
@@ -321,7 +343,15 @@ async def complete_frame(
     if usage:
         columns[f"{output}_prompt_tokens"] = pd.array(prompt_tokens, dtype="Int64")
         columns[f"{output}_completion_tokens"] = pd.array(completion_tokens, dtype="Int64")
-    return _finish(frame, columns, figures, output=output, errors=errors, progress=options.progress)
+    return _finish(
+        frame,
+        columns,
+        figures,
+        output=output,
+        errors=errors,
+        progress=options.progress,
+        not_sent=sum(p is None for p in prompts),
+    )
 
 
 def series_frame(series: pd.Series, name: str) -> pd.DataFrame:

@@ -78,9 +78,11 @@ def format_summary(figures: dict[str, Any], *, rows: int, failed: int, cached: i
     dfbatch: 3 rows, 3 ok, 0 failed; 3 requests, 30 tokens, 0 retries, 0 429s in 1.5 s
     (120 requests/min)
     """
-    ok = rows - failed
+    not_sent = figures.get("rows_not_sent") or 0
+    ok = rows - failed - not_sent
     text = (
         f"dfbatch: {rows:,} rows, {ok:,} ok, {failed:,} failed"
+        + (f", {not_sent:,} not sent (NA)" if not_sent else "")
         + (f", {cached:,} from cache" if cached else "")
         + f"; {figures.get('requests', 0):,} requests, {figures.get('tokens_used', 0):,} tokens, "
         f"{figures.get('retries', 0):,} retries, {figures.get('rate_limited', 0):,} 429s "

@@ -256,15 +256,32 @@ def test_public_api_is_curated() -> None:
 
 @pytest.mark.parametrize(
     ("server", "exc", "cause"),
-    [({"api_key": "sk-the-right-one"}, dfbatch.AuthenticationError, "API key"),
-     ({"quota_exhausted": True}, dfbatch.QuotaExceededError, "quota")],
+    [
+        ({"api_key": "sk-the-right-one"}, dfbatch.AuthenticationError, "API key"),
+        ({"quota_exhausted": True}, dfbatch.QuotaExceededError, "quota"),
+    ],
 )
 def test_run_level_errors_stop_the_run_within_five_requests(server, exc, cause) -> None:  # type: ignore[no-untyped-def]
     """A refused key or an empty quota stops a 5,000-row run after at most 5 requests."""
     df = pd.DataFrame({"text": [f"row {i}" for i in range(5000)]})
     with Simulator(**server) as s:
         with pytest.raises(exc, match=cause) as info:
-            df.llm.complete("{text}", base_url=s.base_url, api_key="sk-wrong", rpm=1e6,
-                            cache=False, progress=False)
+            df.llm.complete(
+                "{text}",
+                base_url=s.base_url,
+                api_key="sk-wrong",
+                rpm=1e6,
+                cache=False,
+                progress=False,
+            )
         assert s.stats.requests <= 5
     assert "Fix:" in str(info.value)
+
+
+def test_summary_groups_failed_rows_by_cause(opts) -> None:  # type: ignore[no-untyped-def]
+    """The figures count failed rows by cause, and NA rows as not sent (not ok, not failed)."""
+    df = pd.DataFrame({"text": ["fine", "", "", 3, None]})
+    out = df.llm.embed("text", **opts)
+    figures = out.attrs["dfbatch"]
+    assert figures["rows_failed"] == 3 and figures["rows_not_sent"] == 1
+    assert figures["failures_by_cause"] == {"invalid input": 3}

@@ -1,0 +1,734 @@
+"""The response cache: keys, durable round trips, damage, other processes, kill -9."""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dfbatch import ApiConfig, ConfigurationError
+from dfbatch import _constants as C
+from dfbatch._cache import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    ResponseCache,
+    default_cache_path,
+    embedding_key,
+    parse_age,
+    request_key,
+)
+
+BODY = {
+    "model": "gpt-4o-mini",
+    "messages": [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "Capital of France?"},
+    ],
+    "temperature": 0,
+    "max_tokens": 5,
+}
+RESPONSE = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "model": "gpt-4o-mini-2024-07-18",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris"}}],
+    "usage": {"prompt_tokens": 20, "completion_tokens": 1, "total_tokens": 21},
+}
+
+
+class FakeClock:
+    """A clock the test moves by assignment."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "cache.sqlite"
+
+
+def child(code: str, *args: str, **kwargs) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+    """Run ``code`` in a fresh Python process (not a fork: its own SQLite connections)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def write_store(path: Path, n: int, *, text: str = "x" * 400) -> None:
+    with ResponseCache(path) as cache:
+        for i in range(n):
+            cache.put(f"k{i}", {"i": i, "text": text}, model="m")
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def test_request_key_ignores_api_key_and_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key depends on what is asked, never on the API key, the host or credentials in a URL."""
+    key = request_key("/chat/completions", BODY)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-other")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://elsewhere/v1")
+    assert request_key("/chat/completions", BODY) == key
+    assert request_key("https://user:pw@host.example/chat/completions?api-key=x", BODY) == key
+
+
+def test_request_key_is_canonical() -> None:
+    """Field order and the spelling of the endpoint do not change the key."""
+    shuffled = {k: BODY[k] for k in reversed(BODY)}
+    shuffled["messages"] = [{"content": m["content"], "role": m["role"]} for m in BODY["messages"]]
+    key = request_key("/chat/completions", BODY)
+    for endpoint in ("chat/completions", "/chat/completions/", " /chat/completions"):
+        assert request_key(endpoint, shuffled) == key
+    assert len(key) == 64 and int(key, 16) >= 0
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "change"),
+    [
+        ("/completions", {}),
+        ("/chat/completions", {"model": "gpt-4o"}),
+        ("/chat/completions", {"temperature": 1}),
+        ("/chat/completions", {"max_tokens": 6}),
+        ("/chat/completions", {"messages": [{"role": "user", "content": "Capital of Spain?"}]}),
+    ],
+)
+def test_request_key_depends_on_endpoint_and_body(endpoint: str, change: dict) -> None:
+    """Another endpoint, model or any body field gives another key."""
+    assert request_key(endpoint, {**BODY, **change}) != request_key("/chat/completions", BODY)
+
+
+def test_request_key_numpy_values_hash_like_python() -> None:
+    """Numpy scalars from DataFrame cells give the key of the Python numbers they equal."""
+    assert request_key("/chat/completions", {**BODY, "max_tokens": np.int64(5)}) == request_key(
+        "/chat/completions", BODY
+    )
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        ("text-embedding-3-large", None, "hello"),
+        ("text-embedding-3-small", 256, "hello"),
+        ("text-embedding-3-small", None, "hello "),
+        ("text-embedding-3-small", None, "Hello"),
+    ],
+)
+def test_embedding_key_depends_on_model_dimensions_text(other: tuple) -> None:
+    """Model, dimensions and text each change an embedding key; nothing else goes in."""
+    key = embedding_key("text-embedding-3-small", None, "hello")
+    assert embedding_key("text-embedding-3-small", None, "hello") == key
+    assert embedding_key(*other) != key
+    assert key != request_key("/embeddings", {"model": "text-embedding-3-small", "input": "hello"})
+
+
+# -- round trips ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        RESPONSE,
+        "a plain string",
+        ["list", 1, 2.5, None, True],
+        {"unicode": "Ünïcødé 東京 🚀", "lone": "\ud800 surrogate"},
+        {"nan": math.inf},
+    ],
+)
+def test_json_round_trip(store: Path, value: object) -> None:
+    """A JSON answer put, flushed and read back (by a new cache object) is equal."""
+    with ResponseCache(store) as cache:
+        cache.put("k", value, model="gpt-4o-mini")
+        assert cache.get("k") == value  # read from the buffer
+        cache.flush()
+        assert cache.get("k") == value
+    with ResponseCache(store) as again:
+        assert again.get("k") == value
+        assert again.get("missing") is None
+
+
+def test_vector_round_trip_is_float32_exact(store: Path) -> None:
+    """Vectors come back bit for bit, from the buffer and from the file, lists included."""
+    rng = np.random.default_rng(1)
+    vectors = {f"v{i}": rng.standard_normal(1536).astype(np.float32) for i in range(50)}
+    vectors["odd"] = np.array([1e-45, -0.0, np.inf, 3.4e38, np.nan], dtype=np.float32)
+    as_list = [0.1, -0.25, 1 / 3]  # JSON floats of the API, float32 values read as float64
+    with ResponseCache(store) as cache:
+        for key, vector in vectors.items():
+            cache.put_vector(key, vector, model="text-embedding-3-small")
+        cache.put_vector("list", as_list)
+        buffered = cache.get_vectors(list(vectors))
+        cache.flush()
+    with ResponseCache(store) as cache:
+        stored = cache.get_vectors([*vectors, "list", "missing"])
+        single = cache.get("v3")
+    assert "missing" not in stored
+    for got in (buffered, stored):
+        for key, vector in vectors.items():
+            assert got[key].dtype == np.float32
+            assert got[key].tobytes() == vector.tobytes()
+    assert stored["list"].tobytes() == np.asarray(as_list, dtype=np.float32).tobytes()
+    assert single.tobytes() == vectors["v3"].tobytes()
+
+
+def test_get_many_returns_only_hits(store: Path) -> None:
+    """get_many answers the stored keys only, duplicates once, across several query chunks."""
+    n = C.CACHE_QUERY_CHUNK * 2 + 7
+    with ResponseCache(store) as cache:
+        for i in range(n):
+            cache.put(f"k{i}", {"i": i})
+        cache.flush()
+        cache.put("late", "buffered")
+        keys = [f"k{i}" for i in range(0, n + 100)] + ["k1", "late", "nope"]
+        got = cache.get_many(keys)
+    assert got == {**{f"k{i}": {"i": i} for i in range(n)}, "late": "buffered"}
+
+
+def test_get_vectors_skips_json_entries(store: Path) -> None:
+    """get_vectors answers vectors only; get answers both kinds."""
+    with ResponseCache(store) as cache:
+        cache.put("json", {"a": 1})
+        cache.put_vector("vec", np.ones(3, np.float32))
+        assert set(cache.get_vectors(["json", "vec"])) == {"vec"}
+        cache.flush()
+        assert set(cache.get_vectors(["json", "vec"])) == {"vec"}
+        assert cache.get("json") == {"a": 1}
+
+
+def test_put_vector_refuses_a_matrix(store: Path) -> None:
+    """Only 1-d vectors are stored."""
+    with ResponseCache(store) as cache, pytest.raises(ConfigurationError, match="1-dimensional"):
+        cache.put_vector("m", np.ones((2, 3)))
+
+
+def test_later_put_of_a_key_wins(store: Path) -> None:
+    """Putting a key again replaces its answer, in the buffer and in the file."""
+    with ResponseCache(store) as cache:
+        cache.put("k", "one")
+        cache.put("k", "two")
+        cache.flush()
+        cache.put("k", "three")
+        cache.flush()
+        assert cache.get("k") == "three"
+        assert cache.info()["entries"] == 1
+
+
+# -- flushing ---------------------------------------------------------------------------------
+
+
+def test_maybe_flush_honours_flush_interval(store: Path) -> None:
+    """Answers are written once the oldest buffered one is flush_interval old, not before."""
+    clock = FakeClock(100.0)
+    cache = ResponseCache(store, flush_interval=0.2, clock=clock)
+    reader = ResponseCache(store, readonly=True)
+    assert cache.maybe_flush() is False  # nothing buffered
+    cache.put("a", 1)
+    clock.now = 100.1
+    cache.put("b", 2)
+    assert cache.maybe_flush() is False
+    assert reader.get_many(["a", "b"]) == {}
+    clock.now = 100.2
+    assert cache.maybe_flush() is True
+    assert reader.get_many(["a", "b"]) == {"a": 1, "b": 2}
+    assert cache.maybe_flush() is False
+    clock.now = 105.0
+    cache.put("c", 3)  # the interval counts from the oldest unwritten answer
+    clock.now = 105.19
+    assert cache.maybe_flush() is False
+    cache.close()
+    assert reader.get("c") == 3
+    reader.close()
+
+
+def test_maybe_flush_writes_early_when_the_buffer_is_large(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A buffer past the item or byte limit is written before the interval is up."""
+    monkeypatch.setattr(C, "CACHE_FLUSH_MAX_ITEMS", 10)
+    monkeypatch.setattr(C, "CACHE_FLUSH_MAX_BYTES", 4 * 1536 * 3)
+    clock = FakeClock()
+    with ResponseCache(store, flush_interval=60, clock=clock) as cache:
+        for i in range(9):
+            cache.put(f"k{i}", i)
+            assert cache.maybe_flush() is False
+        cache.put("k9", 9)
+        assert cache.maybe_flush() is True
+        for i in range(2):
+            cache.put_vector(f"v{i}", np.zeros(1536, np.float32))
+            assert cache.maybe_flush() is False
+        cache.put_vector("v2", np.zeros(1536, np.float32))
+        assert cache.maybe_flush() is True
+
+
+def test_dropped_cache_stores_its_buffer(store: Path) -> None:
+    """A cache dropped without close() still writes what it buffered."""
+    cache = ResponseCache(store, flush_interval=60)
+    cache.put("k", "kept")
+    del cache
+    gc.collect()
+    with ResponseCache(store) as again:
+        assert again.get("k") == "kept"
+
+
+def test_two_caches_on_one_file_in_one_process(store: Path) -> None:
+    """Two cache objects on one file see each other's flushed answers."""
+    with ResponseCache(store) as a, ResponseCache(store) as b:
+        a.put("from-a", 1)
+        b.put("from-b", 2)
+        a.flush()
+        b.flush()
+        assert (
+            a.get_many(["from-a", "from-b"])
+            == b.get_many(["from-a", "from-b"])
+            == {
+                "from-a": 1,
+                "from-b": 2,
+            }
+        )
+
+
+def test_closed_cache_refuses_calls(store: Path) -> None:
+    """After close, calls raise a clear error; closing twice is harmless."""
+    cache = ResponseCache(store)
+    cache.put("k", 1)
+    cache.close()
+    cache.close()
+    assert "closed" in repr(cache)
+    with pytest.raises(ConfigurationError, match="closed"):
+        cache.get("k")
+
+
+def test_repr_shows_path_and_entries(store: Path) -> None:
+    """repr names the file and counts stored and buffered entries."""
+    with ResponseCache(store) as cache:
+        cache.put("a", 1)
+        cache.flush()
+        cache.put("a", 2)
+        cache.put("b", 2)
+        assert repr(cache) == f"<ResponseCache {str(store)!r} entries=2>"
+
+
+# -- location and modes -----------------------------------------------------------------------
+
+
+def test_default_path_honours_dfbatch_cache_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DFBATCH_CACHE_DIR moves the store; its directories are created on first use."""
+    monkeypatch.setenv("DFBATCH_CACHE_DIR", str(tmp_path / "a" / "b"))
+    assert default_cache_path() == tmp_path / "a" / "b" / "cache.sqlite"
+    with ResponseCache() as cache:
+        cache.put("k", 1)
+    assert (tmp_path / "a" / "b" / "cache.sqlite").is_file()
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="the Linux layout")
+def test_default_path_follows_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without DFBATCH_CACHE_DIR the store is under XDG_CACHE_HOME, or ~/.cache."""
+    monkeypatch.delenv("DFBATCH_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_path() == tmp_path / "dfbatch" / "cache.sqlite"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_path() == Path.home() / ".cache" / "dfbatch" / "cache.sqlite"
+
+
+def test_readonly_never_writes(store: Path) -> None:
+    """A read-only cache creates nothing, misses on a missing store, and refuses puts."""
+    with ResponseCache(store, readonly=True) as cache:
+        assert cache.get("k") is None
+        assert cache.info()["entries"] == 0
+        with pytest.raises(ConfigurationError, match="read-only"):
+            cache.put("k", 1)
+        with pytest.raises(ConfigurationError, match="read-only"):
+            cache.clear()
+    assert not store.exists()
+    write_store(store, 3)
+    with ResponseCache(store, readonly=True) as cache:
+        assert cache.get("k2") == {"i": 2, "text": "x" * 400}
+
+
+# -- safety -----------------------------------------------------------------------------------
+
+
+def test_api_key_never_reaches_the_file(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file and its log hold answers and hashes, never the API key of the environment."""
+    sentinel = "sk-SENTINEL-" + "7" * 40
+    monkeypatch.setenv("OPENAI_API_KEY", sentinel)
+    api = ApiConfig.resolve()
+    assert sentinel in str(api.headers())  # the key is live in this process
+    body = {**BODY, "user": "row-7", "metadata": {"run": "test"}}
+    cache = ResponseCache(store)
+    cache.put(request_key("/chat/completions", body), RESPONSE, model=body["model"])
+    cache.put_vector(embedding_key("text-embedding-3-small", None, "hi"), np.ones(8, np.float32))
+    cache.flush()
+    assert cache.get(request_key("/chat/completions", body)) == RESPONSE
+    files = [p for p in store.parent.iterdir() if p.name.startswith(store.name)]
+    assert any(p.name.endswith("-wal") for p in files)  # the log is checked while it is live
+    for path in files:
+        assert sentinel.encode() not in path.read_bytes()
+    cache.close()
+    assert sentinel.encode() not in store.read_bytes()
+
+
+def test_damaged_rows_are_misses_and_get_replaced(store: Path) -> None:
+    """A row whose bytes changed, whose blob is not whole floats or whose JSON is broken,
+    reads as a miss (never a wrong value), and the next put replaces it."""
+    with ResponseCache(store) as cache:
+        cache.put("flipped", {"answer": 42})
+        cache.put_vector("short", np.ones(4, np.float32))
+        cache.put("broken", "fine")
+    conn = sqlite3.connect(store)
+    with conn:
+        conn.execute("UPDATE entries SET value = ? WHERE key = 'flipped'", (b'{"answer":43}',))
+        # Values that pass their checksum but cannot be decoded.
+        for key, kind, value in (("short", 1, b"\0" * 5), ("broken", 0, b'{"a":')):
+            crc = zlib.crc32(value, zlib.crc32(f"{kind}:{key}".encode()))
+            conn.execute("UPDATE entries SET value = ?, crc = ? WHERE key = ?", (value, crc, key))
+    conn.close()
+    with ResponseCache(store) as cache:
+        assert cache.get_many(["flipped", "short", "broken"]) == {}
+        assert cache.get_vectors(["short"]) == {}
+        cache.put("flipped", {"answer": 42})
+        cache.flush()
+        assert cache.get("flipped") == {"answer": 42}
+
+
+def _set_aside(store: Path, marker: str) -> list[Path]:
+    return sorted(p for p in store.parent.iterdir() if marker in p.name)
+
+
+@pytest.mark.parametrize("keep", [0.5, 100, 0.1, 0.9, -4096, -1], ids=str)
+def test_truncated_store_is_set_aside_and_rebuilt(store: Path, keep: float) -> None:
+    """A store cut short (in half, to its header, by one page, by one byte) is moved to
+    <name>.corrupt-<time> with a warning; its answers are asked again, never wrong."""
+    write_store(store, 3_000)
+    original = store.read_bytes()
+    size = int(len(original) * keep) if 0 < keep < 1 else int(keep) % len(original)
+    with open(store, "r+b") as f:
+        f.truncate(size)
+    with pytest.warns(RuntimeWarning, match=r"damaged.*moved to .*cache\.sqlite\.corrupt-"):
+        cache = ResponseCache(store)
+    (aside,) = _set_aside(store, ".corrupt-")
+    assert aside.read_bytes() == original[:size]
+    assert cache.get("k1") is None
+    assert cache.info()["entries"] == 0
+    cache.put("k1", "new")
+    cache.close()
+    assert ResponseCache(store, readonly=True).get("k1") == "new"
+
+
+def test_random_bytes_file_is_set_aside(store: Path) -> None:
+    """A file that is not a database at all is set aside and a store is built in its place."""
+    store.write_bytes(np.random.default_rng(2).bytes(100_000))
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        cache = ResponseCache(store)
+    assert len(_set_aside(store, ".corrupt-")) == 1
+    cache.put("k", 1)
+    cache.flush()
+    assert cache.get("k") == 1
+    cache.close()
+
+
+def test_readonly_refuses_a_damaged_store(store: Path) -> None:
+    """A read-only cache does not move a damaged file: it raises a clear error."""
+    store.write_bytes(b"not a database, just text" * 100)
+    with pytest.raises(ConfigurationError, match="damaged"):
+        ResponseCache(store, readonly=True)
+    assert store.read_bytes().startswith(b"not a database")
+
+
+def test_damage_found_while_open_never_gives_a_wrong_answer(store: Path) -> None:
+    """Pages overwritten under an open cache: every answer read is right, and the damaged
+    file is set aside so later puts land in a sound store."""
+    write_store(store, 3_000)
+    cache = ResponseCache(store)
+    size = store.stat().st_size
+    with open(store, "r+b") as f:  # garbage over the middle of the file, as a bad disk would
+        f.seek(size // 4)
+        f.write(np.random.default_rng(3).bytes(size // 2))
+    keys = [f"k{i}" for i in range(3_000)]
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        got = cache.get_many(keys)
+    assert all(got[k] == {"i": int(k[1:]), "text": "x" * 400} for k in got)
+    assert len(got) < 3_000
+    cache.put("after", 1)
+    cache.flush()
+    assert cache.get("after") == 1
+    cache.close()
+    assert _set_aside(store, ".corrupt-")
+
+
+def _hand_made(path: Path, *, version: int, app_id: int = 0, table: str = "entries") -> None:
+    conn = sqlite3.connect(path)
+    conn.execute(f"CREATE TABLE {table} (key TEXT PRIMARY KEY, value TEXT)")
+    conn.execute(f"INSERT INTO {table} (key, value) VALUES ('k', 'old')")
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.execute(f"PRAGMA application_id = {app_id}")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("version", "app_id"),
+    [(0, 0), (0, APPLICATION_ID), (SCHEMA_VERSION, APPLICATION_ID)],
+    ids=["pre-release", "version-0", "missing-columns"],
+)
+def test_older_store_is_set_aside_and_rebuilt(store: Path, version: int, app_id: int) -> None:
+    """An older table shape or schema version is moved to <name>.v<N>.bak with a warning
+    naming it, and a current store is built; the old answer is never served."""
+    _hand_made(store, version=version, app_id=app_id)
+    with pytest.warns(RuntimeWarning, match=rf"older dfbatch.*cache\.sqlite\.v{version}\.bak"):
+        cache = ResponseCache(store)
+    assert cache.get("k") is None
+    cache.put("k", "new")
+    cache.close()
+    (backup,) = _set_aside(store, f".v{version}.bak")
+    assert sqlite3.connect(backup).execute("SELECT value FROM entries").fetchone() == ("old",)
+    assert ResponseCache(store, readonly=True).get("k") == "new"
+
+
+def test_newer_store_is_refused_untouched(store: Path) -> None:
+    """A store from a newer dfbatch raises ConfigurationError and is left as it is."""
+    write_store(store, 2)
+    conn = sqlite3.connect(store)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    before = store.read_bytes()
+    with pytest.raises(ConfigurationError, match=r"newer dfbatch.*upgrade dfbatch"):
+        ResponseCache(store)
+    assert store.read_bytes() == before
+
+
+def test_foreign_database_is_refused_untouched(store: Path) -> None:
+    """Another program's SQLite database is never renamed or rebuilt."""
+    _hand_made(store, version=0, table="users")
+    before = store.read_bytes()
+    with pytest.raises(ConfigurationError, match="not a dfbatch cache"):
+        ResponseCache(store)
+    assert store.read_bytes() == before
+    assert [p.name for p in store.parent.iterdir()] == [store.name]
+
+
+# -- housekeeping -----------------------------------------------------------------------------
+
+
+def test_info_counts_by_model(store: Path) -> None:
+    """info() gives path, bytes, entries, by_model and the oldest and newest times."""
+    wall = FakeClock(1_000.0)
+    with ResponseCache(store, wall_clock=wall) as cache:
+        empty = cache.info()
+        assert (empty["entries"], empty["by_model"], empty["oldest"]) == (0, {}, None)
+        for i in range(3):
+            cache.put(f"a{i}", i, model="gpt-4o-mini")
+        wall.now = 2_000.0
+        cache.put_vector("e", np.ones(4, np.float32), model="text-embedding-3-small")
+        cache.put("none", "no model")
+        info = cache.info()
+    assert info["path"] == str(store)
+    assert info["bytes"] >= store.stat().st_size > 0
+    assert info["entries"] == 5
+    assert info["by_model"] == {"gpt-4o-mini": 3, "text-embedding-3-small": 1, None: 1}
+    assert (info["oldest"], info["newest"]) == (1_000.0, 2_000.0)
+
+
+def test_clear_by_model_and_age(store: Path) -> None:
+    """clear() deletes one model's entries, or those older than an age, or all; it returns
+    the count and gives the space back."""
+    wall = FakeClock(0.0)
+    with ResponseCache(store, wall_clock=wall) as cache:
+        for i in range(200):
+            wall.now = float(i)
+            cache.put_vector(f"e{i}", np.ones(1536, np.float32), model="emb")
+            cache.put(f"c{i}", {"i": i}, model="chat")
+        cache.flush()
+        wall.now = 250.0
+        full = cache.info()["bytes"]
+        assert cache.clear(model="chat", older_than=100) == 150  # created before t=150
+        assert cache.info()["by_model"] == {"chat": 50, "emb": 200}
+        assert cache.clear(model="emb") == 200
+        assert cache.info()["bytes"] < full / 2
+        assert cache.clear(older_than=parse_age("1m")) == 40  # created before t=190
+        assert cache.clear() == 10
+        assert cache.clear() == 0
+        assert cache.get_many(["c199", "e0"]) == {}
+        with pytest.raises(ConfigurationError):
+            cache.clear(older_than=-1)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("45s", 45.0),
+        ("90m", 5_400.0),
+        ("12h", 43_200.0),
+        ("30d", 2_592_000.0),
+        ("2w", 1_209_600.0),
+        ("1.5h", 5_400.0),
+        ("1d12h", 129_600.0),
+        (" 7D ", 604_800.0),
+        ("0s", 0.0),
+    ],
+)
+def test_parse_age(text: str, seconds: float) -> None:
+    """Ages as the command line takes them: a number and a unit, s m h d or w."""
+    assert parse_age(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "7", "d", "-3d", "3y", "3 days", "1d-2h", "abc"])
+def test_parse_age_refuses_bad_text(text: str) -> None:
+    """Anything else is a ConfigurationError that shows the accepted form."""
+    with pytest.raises(ConfigurationError, match=r"cannot read .* as an age.*30d"):
+        parse_age(text)
+
+
+# -- other processes --------------------------------------------------------------------------
+
+WRITER = """
+    import sys
+    from dfbatch._cache import ResponseCache
+    cache = ResponseCache(sys.argv[1], flush_interval=0.0)
+    print("ready", flush=True)
+    for i in range(int(sys.argv[2]), int(sys.argv[3])):
+        cache.put(f"k{i}", {"i": i, "by": "child"})
+        cache.maybe_flush()
+    cache.close()
+    print("done", flush=True)
+"""
+
+
+def test_two_processes_write_one_store_at_once(store: Path) -> None:
+    """Two processes writing 2,000 answers each (1,000 keys in common), one flush per answer,
+    end with every answer stored once and no 'database is locked' error."""
+    proc = child(WRITER, str(store), "0", "2000")
+    cache = ResponseCache(store, flush_interval=0.0)  # races the child to create the file
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    for i in range(1_000, 3_000):
+        cache.put(f"k{i}", {"i": i, "by": "parent"})
+        cache.maybe_flush()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.strip() == "done"
+    got = cache.get_many([f"k{i}" for i in range(3_000)])
+    assert len(got) == 3_000 and cache.info()["entries"] == 3_000
+    assert all(got[f"k{i}"]["i"] == i for i in range(3_000))
+    assert {got[f"k{i}"]["by"] for i in range(1_000)} == {"child"}
+    cache.close()
+
+
+KILLED = """
+    import sys, time
+    from dfbatch._cache import ResponseCache
+    cache = ResponseCache(sys.argv[1], flush_interval=0.02)
+    i = 0
+    while True:
+        cache.put(f"k{i}", {"i": i})
+        i += 1
+        if cache.maybe_flush():
+            print(i, flush=True)  # answers 0..i-1 are committed
+        time.sleep(0.0005)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_kill_9_loses_at_most_the_last_flush_interval(store: Path) -> None:
+    """A writer killed with SIGKILL keeps every answer it had reported flushed."""
+    proc = child(KILLED, str(store))
+    assert proc.stdout is not None
+    seen = [int(proc.stdout.readline()) for _ in range(10)]
+    os.kill(proc.pid, signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    flushed = max([*seen, *(int(line) for line in rest.split())])
+    with ResponseCache(store, readonly=True) as cache:
+        got = cache.get_many([f"k{i}" for i in range(flushed)])
+        assert len(got) == flushed
+        assert all(got[f"k{i}"] == {"i": i} for i in range(flushed))
+        assert cache.info()["entries"] >= flushed
+
+
+def test_a_store_replaced_under_an_open_cache_is_reopened(store: Path) -> None:
+    """If the file is deleted while a cache is open, the next flush writes to a new file."""
+    with ResponseCache(store) as cache:
+        cache.put("a", 1)
+        cache.flush()
+        for path in store.parent.iterdir():
+            path.unlink()
+        cache.put("b", 2)
+        cache.flush()
+    assert ResponseCache(store, readonly=True).get_many(["a", "b"]) == {"b": 2}
+
+
+def test_writes_wait_for_another_writer(store: Path) -> None:
+    """A flush waits while another connection holds the write lock, then succeeds."""
+    with ResponseCache(store) as cache:
+        blocker = sqlite3.connect(store, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        proc = child(
+            """
+            import sys, time
+            from dfbatch._cache import ResponseCache
+            with ResponseCache(sys.argv[1]) as c:
+                print("ready", flush=True)
+                t = time.monotonic(); c.put("k", 1); c.flush()
+                print(round(time.monotonic() - t, 1))
+            """,
+            str(store),
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # a real lock held by a real connection: the child must wait
+        blocker.execute("COMMIT")
+        out, err = proc.communicate(timeout=30)
+        blocker.close()
+        assert proc.returncode == 0, err
+        assert float(out) >= 0.2
+        assert cache.get("k") == 1
+
+
+def test_locked_store_keeps_answers_for_later(
+    store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store locked past busy_timeout makes maybe_flush log and keep its answers; the
+    next flush once the lock is gone stores them."""
+    monkeypatch.setattr(C, "CACHE_BUSY_TIMEOUT", 0.05)
+    clock = FakeClock()
+    cache = ResponseCache(store, flush_interval=0.2, clock=clock)
+    blocker = sqlite3.connect(store, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    cache.put("k", "kept")
+    clock.now = 1.0
+    assert cache.maybe_flush() is False
+    assert "not stored yet" in caplog.text
+    assert cache.maybe_flush() is False  # retried one interval later, not on every call
+    blocker.execute("COMMIT")
+    blocker.close()
+    clock.now = 1.25
+    assert cache.maybe_flush() is True
+    cache.close()
+    assert ResponseCache(store, readonly=True).get("k") == "kept"
+
+
+def test_json_value_is_stored_compactly(store: Path) -> None:
+    """JSON answers are stored as compact UTF-8 text."""
+    with ResponseCache(store) as cache:
+        cache.put("k", {"a": "東京"})
+    value = sqlite3.connect(store).execute("SELECT value FROM entries").fetchone()[0]
+    assert value == json.dumps({"a": "東京"}, ensure_ascii=False, separators=(",", ":")).encode()

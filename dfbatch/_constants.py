@@ -24,6 +24,10 @@ RETRY_AFTER_MAX = 120.0
 #: Cool-down used after a 429 that carries no retry-after.
 DEFAULT_COOL_DOWN = 1.0
 
+#: With rpm/tpm given, the first request goes alone until answered or for this many seconds:
+#: long enough for a refused key (answered at once) to stop the run after one request.
+PROBE_GRACE = 0.5
+
 #: Pacing: how many seconds of capacity may be spent at once. Servers enforce per-minute
 #: limits over 1 s windows, so the client never bursts more than a small slice of a second.
 BURST_SECONDS = 0.05

@@ -12,6 +12,7 @@ in completion order; the front ends put them back in row order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -78,9 +79,14 @@ class _Gate:
             while True:
                 if self.closed:
                     raise _RunStopped
+                grace = self.limiter.probe_over(self._clock())
                 if self.in_flight >= self.limiter.window:
                     self._freed.clear()
-                    await self._freed.wait()
+                    if grace is None:
+                        await self._freed.wait()
+                    else:  # the window opens when the first request's grace is over
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._freed.wait(), grace)
                     continue
                 now = self._clock()
                 wait = self.limiter.delay(tokens, now)

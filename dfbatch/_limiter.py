@@ -202,7 +202,10 @@ class Limiter:
         self._last_cut = -math.inf
         self._last_recover = now
         self._answered = 0
-        self._window = 1.0  # one request until the server has answered once
+        self._window = 1.0  # one request until the server has answered once ...
+        # ... or, when limits were given, until PROBE_GRACE has passed: a refused key is
+        # answered at once, while a slow model must not hold the whole run back.
+        self._probe_until = now + C.PROBE_GRACE if self._paced() else math.inf
 
     def __repr__(self) -> str:
         def fmt(rate: float | None) -> str:
@@ -217,6 +220,16 @@ class Limiter:
     def window(self) -> int:
         """How many requests may be in flight now."""
         return max(1, min(self.max_in_flight, int(self._window)))
+
+    def probe_over(self, now: float) -> float | None:
+        """Seconds until the first request's grace ends and the window opens; None: never."""
+        if self._answered or self._probe_until == math.inf:
+            return None
+        if now >= self._probe_until:
+            self._window = self.max_in_flight
+            self._probe_until = math.inf
+            return None
+        return self._probe_until - now
 
     def delay(self, tokens: float, now: float) -> float:
         """Seconds until a request estimated at ``tokens`` may be sent (0.0: send now)."""

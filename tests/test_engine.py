@@ -284,6 +284,17 @@ def test_unserializable_body_fails_its_row_only() -> None:
     """A body that is not JSON (a set inside) fails that row; the others are sent."""
     reqs = requests(3)
     reqs[1].body["bad"] = {1, 2}
-    out = {o.id: o for o in run(Engine(API, transport=MockTransport(
-        lambda u, h, b: _ok_async(b))), reqs)}
+    out = {
+        o.id: o
+        for o in run(Engine(API, transport=MockTransport(lambda u, h, b: _ok_async(b))), reqs)
+    }
     assert out[1].error.code == "invalid_request" and out[0].ok and out[2].ok
+
+
+def test_high_rate_with_slow_answers_keeps_the_pace() -> None:
+    """30,000 RPM with 2 s answers: 1,000 in flight hold the pace (>= 95%), no 429s."""
+    server = BucketServer(30_000, latency=2.0)
+    out = run(Engine(API, transport=MockTransport(server), rpm=30_000), requests(10_000))
+    assert len(out) == 10_000 and server.rejected == 0
+    span = server.accepted[-1] - server.accepted[0]
+    assert (len(server.accepted) - 1) / span / 500.0 >= 0.95

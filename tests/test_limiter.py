@@ -192,3 +192,18 @@ def test_repr_shows_state() -> None:
     """The repr names the pace and the window."""
     lim = Limiter(rpm=6000, tpm=None, max_in_flight=10, now=0.0)
     assert "6000/min" in repr(lim) and "window=1/10" in repr(lim)
+
+
+def test_with_limits_given_a_slow_first_answer_opens_the_window_after_grace() -> None:
+    """rpm given: the first request goes alone for PROBE_GRACE at most, then the pace rules."""
+    lim = Limiter(rpm=6000, tpm=None, max_in_flight=1000, now=0.0)
+    lim.on_send(1, 0.0)
+    assert lim.window == 1
+    assert lim.probe_over(0.1) == pytest.approx(C.PROBE_GRACE - 0.1)
+    assert lim.probe_over(C.PROBE_GRACE) is None and lim.window == 1000
+
+
+def test_without_limits_the_probe_waits_for_the_answer() -> None:
+    """Nothing given: no grace; the window stays at one until the server answers."""
+    lim = Limiter(rpm=None, tpm=None, max_in_flight=1000, now=0.0)
+    assert lim.probe_over(100.0) is None and lim.window == 1

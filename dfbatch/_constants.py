@@ -5,8 +5,12 @@ from __future__ import annotations
 #: Same meaning as the openai SDK's ``base_url``; overridden by ``OPENAI_BASE_URL``.
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
-#: Requests in flight at once. 30,000 RPM at 2 s latency needs 1,000 open requests.
-DEFAULT_MAX_IN_FLIGHT = 1_000
+#: Requests in flight at once. 30,000 RPM at 2 s latency needs 1,000 open requests, and a
+#: little more once the client's and the server's own delays are added: 20% headroom.
+DEFAULT_MAX_IN_FLIGHT = 1_200
+#: Requests that may wait at the pacing gate beyond those in flight (a share of the cap), so
+#: a request waiting for its turn never holds an HTTP slot. Memory is bounded by the sum.
+QUEUED_SHARE = 0.25
 
 #: Attempts per request, the first included (stamina and the SDK bound retries too).
 DEFAULT_MAX_ATTEMPTS = 5

@@ -3,10 +3,11 @@
     requests (any iterable, pulled lazily) ──> gate (Limiter: RPM, TPM, headers, 429s, window)
         ──> transport.send ──> classify (retry policy) ──> retry after backoff | outcome
 
-Memory is bounded by ``max_in_flight``: a request is pulled from the iterable only when one of
-that many slots is free, and a slot is held until its outcome has been handed over, so a
-generator of millions of requests runs in constant memory. Outcomes are handed to a callback
-in completion order; the front ends put them back in row order.
+Memory is bounded: a request is pulled from the iterable only when one of
+``max_in_flight * (1 + QUEUED_SHARE)`` slots is free (at most ``max_in_flight`` of them on the
+wire, the rest waiting their turn at the gate), and a slot is held until its outcome has been
+handed over, so a generator of millions of requests runs in constant memory. Outcomes are
+handed to a callback in completion order; the front ends put them back in row order.
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ class Engine:
         gate = _Gate(self.limiter, self._clock, self._sleep)
         transport = self._transport or AiohttpTransport(max_connections=self.max_in_flight)
         headers = self.api.headers()
-        slots = asyncio.Semaphore(self.max_in_flight)
+        # Requests pulled and not yet handed over: those in flight plus a queue at the gate.
+        slots = asyncio.Semaphore(self.max_in_flight + int(self.max_in_flight * C.QUEUED_SHARE))
         tasks: set[asyncio.Task[None]] = set()
         failure: list[BaseException] = []
 

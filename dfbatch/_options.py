@@ -14,7 +14,7 @@ class RunKwargs(TypedDict, total=False):
     - ``api_version``: Azure OpenAI's ``api-version`` (switches to the ``api-key`` header).
     - ``rpm``, ``tpm``: the account's limits; leave out to learn them from the server.
     - ``max_attempts``: tries per request, the first included (default 5).
-    - ``max_in_flight``: requests open at once (default 1,000).
+    - ``max_in_flight``: requests open at once (default 1,200).
     - ``timeout``: seconds before a hung request is retried (default 60).
     - ``progress``: show a progress bar and summary (default True).
     - ``cache``: True (the per-user store), False, a file path, or a ``ResponseCache``.

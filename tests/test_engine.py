@@ -12,6 +12,7 @@ import pytest
 from _vtime import run_virtual
 
 from dfbatch import ApiConfig, AuthenticationError, Engine, QuotaExceededError, Request
+from dfbatch import _constants as C
 from dfbatch._transport import MockTransport, RawResponse, TransportError
 
 API = ApiConfig.resolve(base_url="http://test/v1", api_key="sk-test-secret")
@@ -208,7 +209,7 @@ def test_hung_request_times_out_and_retries() -> None:
 
 
 def test_pulls_lazily_with_bounded_memory() -> None:
-    """A generator is consumed only as slots free: never more than max_in_flight outstanding."""
+    """A generator is pulled only as slots free; never more than max_in_flight on the wire."""
     pulled = 0
     done = 0
     peak = 0
@@ -224,13 +225,20 @@ def test_pulls_lazily_with_bounded_memory() -> None:
         nonlocal done
         done += 1
 
+    open_now = most_open = 0
+
     async def handler(url, headers, body):  # type: ignore[no-untyped-def]
+        nonlocal open_now, most_open
+        open_now += 1
+        most_open = max(most_open, open_now)
         await asyncio.sleep(0.5)
+        open_now -= 1
         return ok(body)
 
     engine = Engine(API, transport=MockTransport(handler), max_in_flight=50)
     run_virtual(engine.run(gen(), on_outcome))
-    assert done == 5000 and peak <= 51
+    assert done == 5000 and most_open == 50
+    assert peak <= 50 + 50 * C.QUEUED_SHARE + 1
 
 
 @pytest.mark.parametrize(

@@ -37,10 +37,16 @@ PROBE_GRACE = 0.5
 BURST_SECONDS = 0.05
 #: Fraction of a server-announced limit the client paces at, keeping a margin for clock skew.
 HEADER_LIMIT_SHARE = 0.99
-#: After a 429 the pace drops to this share of what it was ...
+#: After a 429 the pace drops to this share of what it was (once per cool-down) ...
 BACKOFF_RATE_FACTOR = 0.7
+#: ... or to this share when the client already paces under a limit the server announced
+#: (the 429 then comes from a burst at the server, not from a pace that is too high) ...
+BACKOFF_RATE_FACTOR_ANNOUNCED = 0.9
 #: ... and climbs back by this share of the target per second without a 429.
-RATE_RECOVERY_PER_SECOND = 0.02
+RATE_RECOVERY_PER_SECOND = 0.05
+#: Unpaced slow start grows the window while a round trip takes at most twice the fastest
+#: one plus this many seconds; beyond that, requests are queueing at the server.
+QUEUEING_SLACK = 0.005
 
 #: Completion tokens assumed when a request sets no max_tokens / max_completion_tokens.
 #: The server reserves tokens for the answer; too low an estimate overruns TPM.

@@ -23,7 +23,8 @@ On top of the configured pace the limiter follows the server:
 
 With no limits configured and no headers the limiter paces nothing; the concurrency window
 then does the careful start: one request until the first answer, then +1 per success (TCP's
-slow start) up to the in-flight cap, halved on a 429.
+slow start) up to the in-flight cap while answers come back as fast as the first ones (once
+they slow down, the server is queueing), halved on a 429.
 """
 
 from __future__ import annotations
@@ -77,6 +78,14 @@ class Budget:
     reset: float | None  # seconds until full again
 
 
+_ANY_RATE_HEADER = (
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class RateHeaders:
     """The ``x-ratelimit-*`` headers of one response."""
@@ -87,6 +96,8 @@ class RateHeaders:
     @classmethod
     def parse(cls, headers: Mapping[str, str]) -> RateHeaders | None:
         """Read the headers; ``None`` when the server sent none (vLLM, Ollama, ...)."""
+        if not any(name in headers for name in _ANY_RATE_HEADER):
+            return None  # the common case for servers without limits: no parsing at all
 
         def budget(kind: str) -> Budget:
             return Budget(
@@ -161,7 +172,11 @@ class Pace:
             self.tat = needed_tat
 
     def cut(self) -> None:
-        self.factor = max(0.05, self.factor * C.BACKOFF_RATE_FACTOR)
+        # Under a limit the server announced, a 429 means a momentary burst (or another
+        # client on the key, which x-ratelimit-remaining already accounts for): cut a little.
+        # Without one, the pace may be far too high: cut hard.
+        factor = C.BACKOFF_RATE_FACTOR_ANNOUNCED if self.learned else C.BACKOFF_RATE_FACTOR
+        self.factor = max(0.05, self.factor * factor)
 
     def recover(self, elapsed: float) -> None:
         self.factor = min(1.0, self.factor + C.RATE_RECOVERY_PER_SECOND * elapsed)
@@ -202,6 +217,7 @@ class Limiter:
         self._last_cut = -math.inf
         self._last_recover = now
         self._answered = 0
+        self._min_rtt = math.inf
         self._window = 1.0  # one request until the server has answered once ...
         # ... or, when limits were given, until PROBE_GRACE has passed: a refused key is
         # answered at once, while a slow model must not hold the whole run back.
@@ -253,10 +269,15 @@ class Limiter:
         if headers is not None:
             self.requests.follow(headers.requests, ticket.requests_sent, ticket.sent_at, now)
             self.tokens.follow(headers.tokens, ticket.tokens_sent, ticket.sent_at, now)
+        rtt = now - ticket.sent_at
+        self._min_rtt = min(self._min_rtt, rtt)
         if self._answered == 1 and self._paced():
             self._window = self.max_in_flight  # limits known: the pace does the rest
-        elif self._window < self.max_in_flight:
-            self._window += 1  # slow start: doubles every round trip
+        elif self._window < self.max_in_flight and rtt <= 2 * self._min_rtt + C.QUEUEING_SLACK:
+            # Slow start (doubling every round trip) while answers come as fast as the first
+            # ones; once they slow down, requests are queueing at the server: more in flight
+            # would only cost connections and CPU, not speed.
+            self._window += 1
 
     def on_rate_limited(
         self, ticket: Ticket, headers: RateHeaders | None, retry_after: float | None, now: float

@@ -207,3 +207,23 @@ def test_without_limits_the_probe_waits_for_the_answer() -> None:
     """Nothing given: no grace; the window stays at one until the server answers."""
     lim = Limiter(rpm=None, tpm=None, max_in_flight=1000, now=0.0)
     assert lim.probe_over(100.0) is None and lim.window == 1
+
+
+def test_slow_start_stops_growing_when_the_server_queues() -> None:
+    """Unpaced: the window grows while answers are fast, and stops once round trips double."""
+    lim = Limiter(rpm=None, tpm=None, max_in_flight=1000, now=0.0)
+    for i in range(9):  # 10 ms round trips
+        lim.on_response(lim.on_send(1, i), None, i + 0.01)
+    assert lim.window == 10
+    for i in range(20):  # now 100 ms: requests wait at the server
+        lim.on_response(lim.on_send(1, 100 + i), None, 100 + i + 0.1)
+    assert lim.window == 10
+
+
+def test_429_under_an_announced_limit_cuts_gently() -> None:
+    """A 429 while pacing under the server's own announced limit cuts the pace to 90%, not 70%."""
+    lim = Limiter(rpm=None, tpm=None, max_in_flight=1000, now=0.0)
+    h = RateHeaders(Budget(6000, 50, 0.5), Budget(None, None, None))
+    lim.on_response(lim.on_send(1, 0.0), h, 0.0)
+    lim.on_rate_limited(lim.on_send(1, 1.0), h, 0.01, 1.0)
+    assert lim.requests.factor == pytest.approx(C.BACKOFF_RATE_FACTOR_ANNOUNCED)

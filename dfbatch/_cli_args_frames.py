@@ -1,0 +1,126 @@
+"""The parsers of ``dfbatch embed`` and ``dfbatch complete`` (table file in, parquet out)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from . import _constants as C
+from ._cli_args import FORMATS, common_options, formatter, positive
+from ._cli_help import COMPLETE_EXAMPLES, EMBED_EXAMPLES, EXIT_STATUS, FRAME_EPILOG
+
+
+def _frame_parser(sub: Any, name: str, **kw: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, formatter_class=formatter, **kw)
+    files = p.add_argument_group("input and output")
+    files.add_argument("input", metavar="IN", help="parquet, CSV or JSONL file")
+    files.add_argument("output", metavar="OUT", help="parquet file to write")
+    files.add_argument(
+        "--format", choices=FORMATS, default=None, help="IN's format (default: from its extension)"
+    )
+    files.add_argument(
+        "--chunk-size",
+        type=positive(int),
+        metavar="ROWS",
+        default=C.CLI_CHUNK_ROWS,
+        help="rows read, sent and written at a time (default: %(default)s)",
+    )
+    files.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an OUT made from another input or with other options",
+    )
+    files.add_argument(
+        "--base-url",
+        metavar="URL",
+        default=None,
+        help="an OpenAI-compatible server (default: $OPENAI_BASE_URL or OpenAI)",
+    )
+    return p
+
+
+def embed_parser(sub: Any) -> None:
+    status = EXIT_STATUS.format(unit="row", where="the embedding_error column")
+    p = _frame_parser(
+        sub,
+        "embed",
+        help="add an embedding column to a table file",
+        description="Embed one text column of a table; write the table with an 'embedding'\n"
+        "column (list<float32>) and an 'embedding_error' column.",
+        epilog=FRAME_EPILOG.format(
+            examples=EMBED_EXAMPLES, accessor="df.llm.embed(COLUMN, ...)", status=status
+        ),
+    )
+    what = p.add_argument_group("embedding")
+    what.add_argument("--column", required=True, metavar="C", help="the column of texts")
+    what.add_argument(
+        "--model", default="text-embedding-3-small", help="embedding model (default: %(default)s)"
+    )
+    what.add_argument(
+        "--dimensions",
+        type=positive(int),
+        metavar="N",
+        help="shorten the vectors to N dimensions (text-embedding-3 models)",
+    )
+    what.add_argument(
+        "--batch-size",
+        type=positive(int),
+        metavar="N",
+        help="texts per request (default: as many as fit, up to 2048)",
+    )
+    what.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut texts over the model's token limit instead of failing them",
+    )
+    common_options(p, cookbook=False)
+
+
+def complete_parser(sub: Any) -> None:
+    status = EXIT_STATUS.format(unit="row", where="the completion_error column")
+    p = _frame_parser(
+        sub,
+        "complete",
+        help="add the model's answer to a prompt for each row",
+        description="Fill a prompt template with each row's columns, ask a chat model, and\n"
+        "write the table with a 'completion' column (or one column per JSON field with\n"
+        "--expand) and a 'completion_error' column.",
+        epilog=FRAME_EPILOG.format(
+            examples=COMPLETE_EXAMPLES, accessor="df.llm.complete(PROMPT, ...)", status=status
+        ),
+    )
+    what = p.add_argument_group("prompt and answer")
+    what.add_argument(
+        "--prompt",
+        required=True,
+        metavar="TEMPLATE",
+        help='text with {column} fields, e.g. "Summarize: {text}"',
+    )
+    what.add_argument("--model", default="gpt-4o-mini", help="chat model (default: %(default)s)")
+    what.add_argument("--system", metavar="TEXT", help="a system message for every row")
+    what.add_argument(
+        "--max-tokens", type=positive(int), metavar="N", help="longest answer, in tokens"
+    )
+    what.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
+    what.add_argument(
+        "--n",
+        type=positive(int),
+        default=1,
+        metavar="N",
+        help="answers per row (a list when N > 1)",
+    )
+    json_group = what.add_mutually_exclusive_group()
+    json_group.add_argument(
+        "--json-schema", metavar="FILE", help="answer as JSON following this JSON schema (a file)"
+    )
+    json_group.add_argument(
+        "--json-object",
+        action="store_true",
+        help="answer as a JSON object (stored as its JSON text)",
+    )
+    what.add_argument(
+        "--expand",
+        action="store_true",
+        help="one column per property of --json-schema instead of the JSON text",
+    )
+    common_options(p, cookbook=False)

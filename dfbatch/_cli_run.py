@@ -1,0 +1,288 @@
+"""``dfbatch run``: a JSONL file of requests through the engine, results written as they come.
+
+    requests file ──(lines, read lazily; cache looked up per block)──> engine (RPM, TPM, retries)
+        ──> reorder buffer ──> results file (input order), response cache (every answer)
+
+Memory stays flat whatever the file's length: a line is read only when the engine has a free
+slot (``max_in_flight``), and the writer keeps at most K = CLI_REORDER_FACTOR x max_in_flight
+lines ahead of the oldest unwritten one. When one early line keeps failing and retrying, the
+run goes on until it is K lines ahead of it, then waits for it: a line ends after at most
+``max_attempts`` attempts (each at most ``timeout`` seconds, with backoff of at most
+BACKOFF_MAX seconds, or a server's Retry-After of at most RETRY_AFTER_MAX), and is then
+written as an error, so the wait is bounded. ``--unordered`` writes each result as it ends.
+
+Every answer goes to the response cache as it arrives (flushed every fraction of a second),
+and each line is looked up there before it is sent: after a crash or kill -9, rerunning the
+same command sends only what has no answer yet (see ``_cli_resume`` for the results file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from . import _constants as C
+from ._cli_lines import Line, encode, error_line, parse_line, result_line
+from ._cli_resume import Plan, count_requests, open_output, output_is_input, plan_resume
+from ._cli_sink import Sink
+from ._config import ApiConfig
+from ._engine import Engine, run_stats_summary
+from ._errors import ConfigurationError
+from ._progress import Progress, format_summary
+from ._tokens import estimate_request_tokens
+from ._types import ErrorInfo, Outcome, Request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, repr=False)
+class RunJob:
+    """Everything ``dfbatch run`` was asked to do (the key is inside ``api``, a Secret)."""
+
+    requests: Path
+    output: Path
+    url: str
+    api: ApiConfig
+    rpm: float | None
+    tpm: float | None
+    encoding: str | None
+    max_attempts: int
+    max_in_flight: int
+    timeout: float
+    cache: Path | bool  # a path, True (the default store) or False
+    ordered: bool
+    progress: bool
+    overwrite: bool
+
+
+@dataclass(slots=True)
+class RunResult:
+    lines: int
+    failed: int
+    exit_status: int
+    summary: str
+
+
+class _Run:
+    """One run's moving parts: lines in, requests out, results and answers stored."""
+
+    def __init__(self, job: RunJob, plan: Plan, n_lines: int, cache: Any) -> None:
+        self.job, self.plan, self.n_lines, self.cache = job, plan, n_lines, cache
+        self.failed = plan.failed
+        self.cached = 0
+        self.logged = 0
+        self.engine = Engine(
+            job.api,
+            rpm=job.rpm,
+            tpm=job.tpm,
+            max_in_flight=job.max_in_flight,
+            max_attempts=job.max_attempts,
+            timeout=job.timeout,
+        )
+        self.progress = Progress(n_lines, enabled=job.progress, desc="dfbatch run", unit="line")
+        self.progress.advance(plan.done, failed=plan.failed)
+        self.done = plan.done
+        self._next_status = time.monotonic() + C.CLI_STATUS_INTERVAL
+        self._next: Request | None = None
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def lines(self) -> Iterator[Line]:
+        """The lines still to do, parsed lazily, looked up in the cache a block at a time."""
+        job, plan = self.job, self.plan
+        mask = plan.mask
+        block: list[Line] = []
+        with job.requests.open("rb") as fh:
+            fh.seek(plan.start_offset)
+            index = plan.start_index
+            for raw in fh:
+                if index >= self.n_lines:
+                    break  # the file grew since it was counted
+                if mask is None or not mask[index]:
+                    block.append(parse_line(raw, index, job.url))
+                index += 1
+                if len(block) >= C.CLI_LOOKUP_BATCH:
+                    yield from self._looked_up(block)
+                    block = []
+        yield from self._looked_up(block)
+
+    def _looked_up(self, block: list[Line]) -> list[Line]:
+        if self.cache is not None and block:
+            keys = [line.key for line in block if line.key is not None]
+            hits = self.cache.get_many(keys) if keys else {}
+            if hits:
+                for line in block:
+                    if line.key is not None:
+                        line.cached = hits.get(line.key)
+        return block
+
+    async def before_pull(self, lines: Iterator[Line], sink: Sink) -> None:
+        """Take lines until one must be sent; write the others (unusable, cached) on the way."""
+        for taken, line in enumerate(lines, 1):
+            await sink.room(line.index)
+            if line.body is None:
+                self.finish(sink, line, error=line.error)
+            elif line.cached is not None:
+                self.finish(sink, line, response=line.cached, cached=True)
+            else:
+                tokens = estimate_request_tokens(self.job.url, line.body, self.job.encoding)
+                self._next = Request(line.index + 1, self.job.url, line.body, tokens, line)
+                return
+            if taken % C.CLI_LOOKUP_BATCH == 0:
+                await asyncio.sleep(0)  # let answers in flight be handled meanwhile
+        self._next = None
+
+    def requests(self) -> Iterator[Request]:
+        while (request := self._next) is not None:
+            self._next = None
+            yield request
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def finish(
+        self,
+        sink: Sink,
+        line: Line,
+        *,
+        response: Any = None,
+        error: ErrorInfo | None = None,
+        cached: bool = False,
+        attempts: int = 0,
+    ) -> None:
+        if error is not None:
+            data = error_line(line, error)
+            self.failed += 1
+            self._log_failure(line, error, attempts)
+        else:
+            text = encode(response)
+            data = result_line(line, text)
+            if not cached and self.cache is not None and line.key is not None:
+                _store(self.cache, line, response, text)
+        sink.put(line.index, data)
+        self.done += 1
+        self.cached += cached
+        self.progress.advance(1, failed=error is not None, cached=cached)
+        self.progress.show(self.engine.stats, asyncio.get_running_loop().time())
+        if not self.job.progress and time.monotonic() >= self._next_status:
+            self._status()
+
+    def on_outcome(self, sink: Sink, outcome: Outcome) -> None:
+        line: Line = outcome.request.meta
+        self.finish(
+            sink, line, response=outcome.response, error=outcome.error, attempts=outcome.attempts
+        )
+
+    def _log_failure(self, line: Line, error: ErrorInfo, attempts: int) -> None:
+        self.logged += 1
+        if self.logged > C.CLI_LOGGED_FAILURES:
+            return
+        if error.code == "invalid_request_line":
+            log.warning("%s; not sent, written as an error", error.message)
+        else:
+            tries = f" after {attempts} attempts" if attempts > 1 else ""
+            log.warning("line %d failed%s: %s", line.index + 1, tries, error)
+        if self.logged == C.CLI_LOGGED_FAILURES:
+            log.warning(
+                "further failed lines are not logged; each one's error is in %s", self.job.output
+            )
+
+    def _status(self) -> None:
+        self._next_status = time.monotonic() + C.CLI_STATUS_INTERVAL
+        stats = self.engine.stats
+        log.info(
+            "%s of %s lines done (%.1f%%), %s failed, %s from cache; %s requests, "
+            "%s retries, %s 429s",
+            f"{self.done:,}",
+            f"{self.n_lines:,}",
+            100.0 * self.done / max(1, self.n_lines),
+            f"{self.failed:,}",
+            f"{self.cached:,}",
+            f"{stats.requests_sent:,}",
+            f"{stats.retries:,}",
+            f"{stats.rate_limited:,}",
+        )
+
+    # -- the run -----------------------------------------------------------------------------
+
+    async def go(self, fh: IO[bytes]) -> dict[str, Any]:
+        job = self.job
+        window = job.max_in_flight * C.CLI_REORDER_FACTOR if job.ordered else None
+        sink = Sink(fh, self.plan.start_index, window)
+        lines = self.lines()
+        try:
+            stats = await self.engine.run(
+                self.requests(),
+                lambda outcome: self.on_outcome(sink, outcome),
+                before_pull=lambda: self.before_pull(lines, sink),
+            )
+            self.progress.show(stats, stats.finished or 0.0, force=True)
+        finally:
+            self.progress.close()
+            fh.flush()
+        return run_stats_summary(stats)
+
+
+def _store(cache: Any, line: Line, response: Any, text: str) -> None:
+    """Put an answer in the cache as it arrives (encoded once when the cache takes raw JSON)."""
+    model = line.body.get("model") if line.body else None
+    model = model if isinstance(model, str) else None
+    put_raw = getattr(cache, "put_raw", None)
+    if put_raw is not None:
+        put_raw(line.key, text.encode("ascii"), model=model)
+    else:
+        cache.put(line.key, response, model=model)
+    cache.maybe_flush()
+
+
+def _open_cache(job: RunJob) -> Any:
+    if job.cache is False:
+        return None
+    from ._cache import ResponseCache
+
+    cache = ResponseCache(None if job.cache is True else job.cache)
+    # Lookups here are one pass over the keys, never re-read: through mmap every page touched
+    # would stay in this process's resident set, which then grows with the file's length.
+    # (Wanted: a ResponseCache option for this; until then, the pragma on its connection.)
+    conn = getattr(getattr(cache, "_db", None), "conn", None)
+    if conn is not None:
+        conn.execute("PRAGMA mmap_size = 0")
+    return cache
+
+
+async def run_job(job: RunJob) -> RunResult:
+    """Do the job; returns what the command line prints and exits with."""
+    n_lines = count_requests(job.requests)
+    if output_is_input(job.requests, job.output):
+        raise ConfigurationError(
+            f"the results file would be the requests file itself ({job.output}); pass -o OUT"
+        )
+    plan = plan_resume(job, n_lines)
+    if plan.done >= n_lines:
+        failed = f", {plan.failed:,} of them failed" if plan.failed else ""
+        text = (
+            f"nothing to do: {job.output} already has a result for each of the "
+            f"{n_lines:,} lines{failed}"
+        )
+        if plan.failed:
+            text += (
+                " (rerun with --overwrite to send the failed lines again; the others "
+                "come from the response cache)"
+            )
+        return RunResult(n_lines, plan.failed, 1 if plan.failed else 0, text)
+    cache = _open_cache(job)  # first: a cache it cannot use leaves the output untouched
+    try:
+        with open_output(job) as fh:
+            run = _Run(job, plan, n_lines, cache)
+            figures = await run.go(fh)
+    finally:
+        if cache is not None:
+            cache.close()
+    summary = format_summary(figures, rows=n_lines, failed=run.failed, cached=run.cached)
+    summary = summary.replace(f" {n_lines:,} rows,", f" {n_lines:,} lines,", 1)
+    summary += f"\nresults: {job.output}"
+    return RunResult(n_lines, run.failed, 1 if run.failed else 0, summary)

@@ -18,7 +18,7 @@ import numpy as np
 import pybase64
 
 from . import _constants as C
-from ._cache import embedding_key
+from ._cache import embedding_digests
 from ._tokens import count_texts, encoding_name_for_model, load_encoding
 from ._types import ErrorInfo, Outcome, Request
 
@@ -114,8 +114,9 @@ class EmbedJob:
         job.have = np.zeros(len(job.texts), dtype=bool)
         return job
 
-    def keys(self) -> list[str]:
-        return [embedding_key(self.model, self.dimensions, t) for t in self.texts]
+    def keys(self) -> list[bytes]:
+        """The cache key of each unique text, as the raw digest of its ``embedding_key``."""
+        return embedding_digests(self.model, self.dimensions, self.texts)
 
     def store(self, u: int, vector: np.ndarray) -> None:
         if self.block is None:
@@ -123,14 +124,20 @@ class EmbedJob:
         self.block[u] = vector
         self.have[u] = True  # type: ignore[index]
 
-    def use_cached(self, vectors: dict[str, np.ndarray], keys: list[str]) -> int:
-        """Fill answers found in the cache; returns the rows they cover."""
-        rows = 0
-        for u, key in enumerate(keys):
-            vec = vectors.get(key)
-            if vec is not None and self.rows_of[u]:
-                self.store(u, vec)
-                rows += len(self.rows_of[u])
+    def use_cached(self, cache: Any, keys: Sequence[Any]) -> int:
+        """Fill answers found in the cache; returns the rows they cover. The cache copies its
+        hits straight into one matrix, which becomes the block (one copy per vector)."""
+        found, matrix = cache.get_vector_rows(keys, allocate=_new_block)
+        if matrix is None:
+            return 0
+        sizes = np.fromiter(map(len, self.rows_of), np.int64, len(self.rows_of))
+        found &= sizes > 0  # texts with no row left (too long) stay unanswered
+        if self.block is None:
+            self.block = matrix
+        else:
+            self.block[found] = matrix[found]
+        self.have |= found  # type: ignore[operator]
+        rows = int(sizes[found].sum())
         self.cached += rows
         return rows
 
@@ -165,7 +172,7 @@ class EmbedJob:
             body["encoding_format"] = encoding_format
         return Request(rid, ENDPOINT, body, tokens, meta=batch)
 
-    def receive(self, outcome: Outcome, cache: Any, keys: list[str]) -> tuple[int, int]:
+    def receive(self, outcome: Outcome, cache: Any, keys: Sequence[Any]) -> tuple[int, int]:
         """Put one request's vectors on their rows; returns (rows finished, rows failed)."""
         batch: list[int] = outcome.request.meta
         rows = sum(len(self.rows_of[u]) for u in batch)
@@ -178,6 +185,7 @@ class EmbedJob:
             self._fail(batch, f"invalid response: {exc}")
             return rows, rows
         failed = 0
+        good: list[int] = []
         for i, u in enumerate(batch):
             vec = vectors[i]
             if vec is None:
@@ -185,9 +193,21 @@ class EmbedJob:
                 failed += len(self.rows_of[u])
                 continue
             self.store(u, vec)
-            if cache is not None:
-                cache.put_vector(keys[u], vec, model=self.model)
+            good.append(u)
+        if cache is not None and good:
+            # One block per response, as it came: one row in the cache, not one per vector.
+            cache.put_vectors([keys[u] for u in good], self._rows(good), model=self.model)
         return rows, failed
+
+    def _rows(self, us: list[int]) -> np.ndarray:
+        """The block's lines ``us``: a view when they are consecutive (a response to a fresh
+        run), else a copy. Those lines are never written again, so the cache may keep it."""
+        block = self.block
+        assert block is not None
+        first = us[0]
+        if us == list(range(first, first + len(us))):
+            return block[first : first + len(us)]
+        return block[us]
 
     def _fail(self, batch: list[int], message: str) -> None:
         for u in batch:

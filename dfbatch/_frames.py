@@ -101,7 +101,7 @@ async def embed_values(
     try:
         keys = job.keys() if cache is not None else []
         if cache is not None:
-            job.use_cached(cache.get_vectors(keys), keys)
+            job.use_cached(cache, keys)
         pending = sum(len(r) for u, r in enumerate(job.rows_of) if not job.have[u])  # type: ignore[index]
         as_floats: list[list[int]] = []
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from dfbatch._cache import (
     SCHEMA_VERSION,
     ResponseCache,
     default_cache_path,
+    embedding_digests,
     embedding_key,
     parse_age,
     request_key,
@@ -152,10 +154,12 @@ def test_embedding_key_depends_on_model_dimensions_text(other: tuple) -> None:
         ["list", 1, 2.5, None, True],
         {"unicode": "Ünïcødé 東京 🚀", "lone": "\ud800 surrogate"},
         {"nan": math.inf},
+        {"big": 2**70, "low": -(2**63) - 1, "top": 2**64 - 1, "f": 0.0001234567890123456},
     ],
 )
 def test_json_round_trip(store: Path, value: object) -> None:
-    """A JSON answer put, flushed and read back (by a new cache object) is equal."""
+    """A JSON answer put, flushed and read back (by a new cache object) is equal, integers
+    past 64 bits included (orjson, which reads the common answers, would make them floats)."""
     with ResponseCache(store) as cache:
         cache.put("k", value, model="gpt-4o-mini")
         assert cache.get("k") == value  # read from the buffer
@@ -230,6 +234,275 @@ def test_later_put_of_a_key_wins(store: Path) -> None:
         cache.flush()
         assert cache.get("k") == "three"
         assert cache.info()["entries"] == 1
+
+
+# -- vectors in blocks ------------------------------------------------------------------------
+
+DIMS = 24
+
+
+def blocks_of(store: Path) -> list[tuple[int, str | None, int, int]]:
+    """(id, model, dims, count) of each stored block."""
+    with sqlite3.connect(store) as conn:
+        return conn.execute(
+            "SELECT id, model, dims, count FROM vector_blocks ORDER BY id"
+        ).fetchall()
+
+
+def keyed_block(tag: str, n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    keys = [embedding_key("text-embedding-3-small", None, f"{tag} {i}") for i in range(n)]
+    return keys, np.random.default_rng(seed).standard_normal((n, DIMS)).astype(np.float32)
+
+
+def test_embedding_digests_are_the_raw_embedding_keys() -> None:
+    """The batch digests are the bytes of embedding_key, whatever the text holds."""
+    texts = ["hello", "", 'quote " and \\ slash', "tab\tnew\nline\x00", "Ünïcødé 東京 🚀", "\ud800"]
+    for model, dims in (("text-embedding-3-small", None), ('m"odd', 256)):
+        digests = embedding_digests(model, dims, texts)
+        assert [d.hex() for d in digests] == [embedding_key(model, dims, t) for t in texts]
+
+
+def test_put_vectors_round_trip_is_exact(store: Path) -> None:
+    """Blocks come back bit for bit, from the buffer and from the file, by hex key or by raw
+    digest, through get_vectors, get_vector_rows and get; each block is one row."""
+    keys_a, a = keyed_block("a", 300, 1)
+    keys_b, b = keyed_block("b", 5, 2)
+    b[0, :5] = [1e-45, -0.0, np.inf, 3.4e38, np.nan]
+    keys = keys_a + keys_b
+    expected = np.concatenate([a, b])
+    raw = [bytes.fromhex(k) for k in keys]
+    with ResponseCache(store) as cache:
+        cache.put_vectors(keys_a, a, model="emb")
+        cache.put_vectors(raw[300:], b, model="emb")  # raw digests are keys too
+        buffered_found, buffered = cache.get_vector_rows(keys)
+        cache.flush()
+    assert buffered_found.all() and buffered is not None
+    assert buffered.tobytes() == expected.tobytes()
+    assert [(model, dims, count) for _id, model, dims, count in blocks_of(store)] == [
+        ("emb", DIMS, 300),
+        ("emb", DIMS, 5),
+    ]
+    with ResponseCache(store) as cache:
+        found, matrix = cache.get_vector_rows(raw)
+        by_key = cache.get_vectors(keys)
+        single = cache.get(keys[301])
+    assert found.all() and matrix is not None and matrix.dtype == np.float32
+    assert matrix.flags.writeable and matrix.tobytes() == expected.tobytes()
+    assert list(by_key) == keys
+    for i, key in enumerate(keys):
+        assert by_key[key].dtype == np.float32
+        assert by_key[key].tobytes() == expected[i].tobytes()
+    assert single.tobytes() == expected[301].tobytes()
+
+
+def test_get_vector_rows_partial_hits_across_blocks(store: Path) -> None:
+    """Keys from several blocks (file and buffer), misses and repeats, in any order: found
+    says which are stored, each found row is its vector, the others are zeros."""
+    blocks = [
+        keyed_block(tag, n, seed) for tag, n, seed in (("x", 40, 3), ("y", 7, 4), ("z", 9, 5))
+    ]
+    with ResponseCache(store) as cache:
+        for keys, block in blocks[:2]:
+            cache.put_vectors(keys, block, model="emb")
+        cache.flush()
+        cache.put_vectors(*blocks[2], model="emb")  # still buffered
+        vector_of = {k: v for keys, block in blocks for k, v in zip(keys, block, strict=True)}
+        wanted = [
+            blocks[1][0][3],
+            "not stored",
+            blocks[0][0][39],
+            blocks[2][0][0],
+            embedding_key("text-embedding-3-small", None, "never put"),
+            blocks[0][0][0],
+            blocks[1][0][3],
+        ]
+        found, matrix = cache.get_vector_rows(wanted)
+        assert found.tolist() == [True, False, True, True, False, True, True]
+        assert matrix is not None and matrix.shape == (len(wanted), DIMS)
+        for i, key in enumerate(wanted):
+            want = vector_of[key] if found[i] else np.zeros(DIMS, np.float32)
+            assert matrix[i].tobytes() == want.tobytes()
+        assert set(cache.get_vectors(wanted)) == {
+            k for k, f in zip(wanted, found, strict=True) if f
+        }
+        none_found, none = cache.get_vector_rows(["not stored", "nor this"])
+        assert none is None and not none_found.any()
+
+
+def test_vectors_put_again_win_and_old_blocks_are_collected(store: Path) -> None:
+    """A key stored again answers with its newest vector (buffer, file, other processes); it
+    counts once; clear() deletes a block every key of which was stored again later."""
+    keys, first = keyed_block("k", 10, 6)
+    second = first + 1
+    with ResponseCache(store) as cache:
+        cache.put_vectors(keys, first, model="emb")
+        cache.flush()
+        cache.put_vectors(keys[:4], second[:4], model="emb")
+        assert cache.get_vector_rows(keys)[1][:4].tobytes() == second[:4].tobytes()
+        cache.flush()
+        cache.put_vectors(keys[4:], second[4:], model="emb")
+        cache.put_vector(keys[0], second[0] + 1, model="emb")
+        cache.flush()
+        assert cache.info()["entries"] == 10
+        assert repr(cache).endswith("entries=10>")
+    with ResponseCache(store, readonly=True) as cache:
+        found, matrix = cache.get_vector_rows(keys)
+    assert found.all() and matrix is not None
+    assert matrix[0].tobytes() == (second[0] + 1).tobytes()
+    assert matrix[1:].tobytes() == second[1:].tobytes()
+    assert len(blocks_of(store)) == 4
+    with ResponseCache(store) as cache:
+        assert cache.clear(model="other") == 0
+        assert [count for *_, count in blocks_of(store)] == [4, 6, 1]  # the first block is gone
+        assert cache.get_vector_rows(keys)[1].tobytes() == matrix.tobytes()
+
+
+def test_put_vector_calls_share_a_block(store: Path) -> None:
+    """Consecutive put_vector calls of one model and length are stored as one block; another
+    model, another length or a put_vectors call in between starts a new one."""
+    keys, block = keyed_block("v", 6, 7)
+    with ResponseCache(store) as cache:
+        for key, vector in zip(keys[:3], block[:3], strict=True):
+            cache.put_vector(key, vector, model="emb")
+        cache.put_vector(keys[3], block[3], model="other")
+        cache.put_vector(keys[4], block[4, :8], model="other")
+        cache.put_vectors(keys[5:], block[5:], model="emb")
+    assert [(m, d, n) for _i, m, d, n in blocks_of(store)] == [
+        ("emb", DIMS, 3),
+        ("other", DIMS, 1),
+        ("other", 8, 1),
+        ("emb", DIMS, 1),
+    ]
+    with ResponseCache(store) as cache:
+        got = cache.get_vectors(keys)
+    assert got[keys[4]].tobytes() == block[4, :8].tobytes()
+    assert all(got[k].tobytes() == block[i].tobytes() for i, k in enumerate(keys) if i != 4)
+
+
+def test_put_vectors_checks_its_arguments(store: Path) -> None:
+    """A block must be one row per key; an empty block stores nothing."""
+    with ResponseCache(store) as cache:
+        with pytest.raises(ConfigurationError, match="3 x dims matrix for 3 keys"):
+            cache.put_vectors(["a", "b", "c"], np.ones((2, 4), np.float32))
+        with pytest.raises(ConfigurationError, match="matrix"):
+            cache.put_vectors(["a"], np.ones(4, np.float32))
+        cache.put_vectors([], np.ones((0, 4), np.float32))
+    assert blocks_of(store) == []
+
+
+def _damage_block(store: Path, block_id: int, how: str) -> None:
+    conn = sqlite3.connect(store)
+    with conn:
+        if how == "data":  # one float changed: the block's checksum fails
+            data = bytearray(
+                conn.execute("SELECT data FROM vector_blocks WHERE id = ?", (block_id,)).fetchone()[
+                    0
+                ]
+            )
+            data[100] ^= 0x40
+            conn.execute("UPDATE vector_blocks SET data = ? WHERE id = ?", (bytes(data), block_id))
+        elif how == "keys":  # two rows' keys swapped: each key would find the other's vector
+            keys = bytearray(
+                conn.execute("SELECT keys FROM vector_blocks WHERE id = ?", (block_id,)).fetchone()[
+                    0
+                ]
+            )
+            keys[0:32], keys[32:64] = keys[32:64], keys[0:32]
+            conn.execute("UPDATE vector_blocks SET keys = ? WHERE id = ?", (bytes(keys), block_id))
+        elif how == "short":  # the blob lost its end
+            conn.execute(
+                "UPDATE vector_blocks SET data = substr(data, 1, 1000) WHERE id = ?", (block_id,)
+            )
+        elif how == "shape":
+            conn.execute(
+                "UPDATE vector_blocks SET dims = dims / 2, count = count * 2 WHERE id = ?",
+                (block_id,),
+            )
+    conn.close()
+
+
+@pytest.mark.parametrize("how", ["data", "keys", "short", "shape"])
+def test_damaged_block_misses_its_rows_only(
+    store: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A block whose vectors, keys, length or shape changed is a miss for its rows only
+    (never a wrong vector); the other blocks answer; a new put of its keys answers again."""
+    blocks = [keyed_block(tag, 20, seed) for tag, seed in (("p", 8), ("q", 9), ("r", 10))]
+    keys = [k for ks, _ in blocks for k in ks]
+    expected = np.concatenate([b for _, b in blocks])
+    with ResponseCache(store) as cache:
+        for ks, block in blocks:
+            cache.put_vectors(ks, block, model="emb")
+    damaged_id = blocks_of(store)[1][0]
+    _damage_block(store, damaged_id, how)
+    with ResponseCache(store) as cache:
+        found, matrix = cache.get_vector_rows(keys)
+        by_key = cache.get_vectors(keys)
+        assert found.tolist() == [True] * 20 + [False] * 20 + [True] * 20
+        assert matrix is not None
+        assert matrix[found].tobytes() == expected[found].tobytes()
+        assert set(by_key) == {k for k, f in zip(keys, found, strict=True) if f}
+        assert all(
+            by_key[k].tobytes() == expected[i].tobytes() for i, k in enumerate(keys) if found[i]
+        )
+        cache.put_vectors(*blocks[1], model="emb")
+        cache.flush()
+        again, matrix = cache.get_vector_rows(keys)
+    assert again.all() and matrix is not None and matrix.tobytes() == expected.tobytes()
+    if how in ("data", "keys"):
+        assert "damaged entries ignored" in caplog.text
+
+
+def test_clear_removes_blocks_by_model_and_age(store: Path) -> None:
+    """clear(model=) and clear(older_than=) delete whole blocks, count their keys, and give
+    the space back; the other blocks keep answering."""
+    wall = FakeClock(0.0)
+    big = 2_000  # 2,000 x 24 float32 = 192 KB per block
+    with ResponseCache(store, wall_clock=wall) as cache:
+        kept_keys, kept = keyed_block("keep", big, 11)
+        cache.put_vectors(kept_keys, kept, model="keep")
+        for i in range(4):
+            wall.now = float(i * 10)
+            cache.put_vectors(*keyed_block(f"drop{i}", big, 12 + i), model="drop")
+            cache.flush()
+        full = cache.info()
+        assert full["by_model"] == {"keep": big, "drop": 4 * big}
+        wall.now = 35.0
+        assert cache.clear(model="drop", older_than=20) == 2 * big  # created at t=0 and t=10
+        assert cache.info()["by_model"] == {"keep": big, "drop": 2 * big}
+        assert cache.clear(model="drop") == 2 * big
+        assert [m for _i, m, _d, _n in blocks_of(store)] == ["keep"]
+        assert cache.info()["bytes"] < full["bytes"] / 2
+        found, matrix = cache.get_vector_rows(kept_keys)
+        assert found.all() and matrix is not None and matrix.tobytes() == kept.tobytes()
+        assert cache.clear() == big
+        assert blocks_of(store) == []
+
+
+def test_format_1_store_is_set_aside(store: Path) -> None:
+    """A store of format 1 (one row per answer, vectors included) is an older schema: moved
+    to <name>.v1.bak with a warning, never read; a new store takes its place."""
+    conn = sqlite3.connect(store)
+    conn.execute(
+        "CREATE TABLE entries (key TEXT PRIMARY KEY NOT NULL, model TEXT, kind INTEGER NOT NULL,"
+        " created REAL NOT NULL, crc INTEGER NOT NULL, value BLOB NOT NULL)"
+    )
+    key = embedding_key("text-embedding-3-small", None, "hi")
+    value = np.ones(4, np.float32).tobytes()
+    crc = zlib.crc32(value, zlib.crc32(f"1:{key}".encode()))
+    conn.execute("INSERT INTO entries VALUES (?, 'e', 1, 0, ?, ?)", (key, crc, value))
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with pytest.warns(RuntimeWarning, match=r"older dfbatch \(format 1\).*cache\.sqlite\.v1\.bak"):
+        cache = ResponseCache(store)
+    assert cache.get_vectors([key]) == {} and cache.get(key) is None
+    cache.put_vectors([key], np.full((1, 4), 2, np.float32))
+    cache.close()
+    assert _set_aside(store, ".v1.bak")
+    with ResponseCache(store, readonly=True) as again:
+        assert again.get_vectors([key])[key].tolist() == [2.0] * 4
 
 
 # -- flushing ---------------------------------------------------------------------------------
@@ -390,23 +663,22 @@ def test_api_key_never_reaches_the_file(store: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_damaged_rows_are_misses_and_get_replaced(store: Path) -> None:
-    """A row whose bytes changed, whose blob is not whole floats or whose JSON is broken,
-    reads as a miss (never a wrong value), and the next put replaces it."""
+    """A JSON row whose bytes changed or whose JSON is broken reads as a miss (never a wrong
+    value), and the next put replaces it."""
     with ResponseCache(store) as cache:
         cache.put("flipped", {"answer": 42})
-        cache.put_vector("short", np.ones(4, np.float32))
         cache.put("broken", "fine")
     conn = sqlite3.connect(store)
     with conn:
         conn.execute("UPDATE entries SET value = ? WHERE key = 'flipped'", (b'{"answer":43}',))
-        # Values that pass their checksum but cannot be decoded.
-        for key, kind, value in (("short", 1, b"\0" * 5), ("broken", 0, b'{"a":')):
-            crc = zlib.crc32(value, zlib.crc32(f"{kind}:{key}".encode()))
-            conn.execute("UPDATE entries SET value = ?, crc = ? WHERE key = ?", (value, crc, key))
+        # A value that passes its checksum but cannot be decoded.
+        value = b'{"a":'
+        crc = zlib.crc32(value, zlib.crc32(b"0:broken"))
+        conn.execute("UPDATE entries SET value = ?, crc = ? WHERE key = 'broken'", (value, crc))
     conn.close()
     with ResponseCache(store) as cache:
-        assert cache.get_many(["flipped", "short", "broken"]) == {}
-        assert cache.get_vectors(["short"]) == {}
+        assert cache.get_many(["flipped", "broken"]) == {}
+        assert cache.get("flipped") is None
         cache.put("flipped", {"answer": 42})
         cache.flush()
         assert cache.get("flipped") == {"answer": 42}
@@ -475,6 +747,32 @@ def test_damage_found_while_open_never_gives_a_wrong_answer(store: Path) -> None
     assert cache.get("after") == 1
     cache.close()
     assert _set_aside(store, ".corrupt-")
+
+
+def test_damage_under_open_vectors_never_gives_a_wrong_vector(store: Path) -> None:
+    """Garbage over the middle of a store of blocks, under an open cache: every vector read is
+    right (the rest are misses), and a file SQLite finds malformed is set aside."""
+    blocks = [keyed_block(f"g{j}", 500, 20 + j) for j in range(8)]
+    keys = [k for ks, _ in blocks for k in ks]
+    expected = np.concatenate([b for _, b in blocks])
+    with ResponseCache(store) as cache:
+        for ks, block in blocks:
+            cache.put_vectors(ks, block, model="emb")
+    cache = ResponseCache(store)
+    size = store.stat().st_size
+    with open(store, "r+b") as f:
+        f.seek(size // 3)
+        f.write(np.random.default_rng(4).bytes(size // 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # set aside, if SQLite noticed
+        found, matrix = cache.get_vector_rows(keys)
+    assert not found.all()
+    if found.any():
+        assert matrix is not None and matrix[found].tobytes() == expected[found].tobytes()
+    cache.put_vectors(keys[:3], expected[:3])
+    cache.flush()
+    assert cache.get_vector_rows(keys[:3])[0].all()
+    cache.close()
 
 
 def _hand_made(path: Path, *, version: int, app_id: int = 0, table: str = "entries") -> None:

@@ -68,6 +68,8 @@ class EmbedJob:
     have: np.ndarray | None = None  # unique text -> answered?
     cached: int = 0  # rows answered from the cache
     not_sent: int = 0  # NA cells: an NA answer, no request, no error
+    truncate: bool = False  # cut texts over the token limit instead of failing them
+    truncated: set[int] = field(default_factory=set)  # texts that were cut: never cached
 
     @classmethod
     def plan(
@@ -94,25 +96,39 @@ class EmbedJob:
                 job.texts.append(value)
                 job.rows_of.append([])
             job.rows_of[u].append(pos)
-        encoding = encoding_name_for_model(model)
-        job.tokens = count_texts(job.texts, encoding)
+        job.tokens = [0] * len(job.texts)
+        job.truncate = truncate
+        job.have = np.zeros(len(job.texts), dtype=bool)
+        return job
+
+    def count_tokens(self, *, everything: bool = False) -> None:
+        """Count the tokens of the texts still to send (all texts with ``everything``): only
+        those need packing, pacing and the 8,191-token check, and counting is most of the CPU
+        of a rerun served from the cache. Too-long texts fail, or are cut with ``truncate``."""
+        todo = [
+            u
+            for u in range(len(self.texts))
+            if self.rows_of[u] and (everything or not self.have[u])  # type: ignore[index]
+        ]
+        encoding = encoding_name_for_model(self.model)
+        counts = count_texts([self.texts[u] for u in todo], encoding)
         limit = C.EMBED_MAX_INPUT_TOKENS
-        for u, n in enumerate(job.tokens):
-            if n <= limit:
+        for u, n in zip(todo, counts, strict=True):
+            self.tokens[u] = n
+            if n <= limit or self.have[u]:  # type: ignore[index]
                 continue
-            if truncate:
-                job.texts[u] = truncate_text(job.texts[u], encoding, limit)
-                job.tokens[u] = min(n, limit)
+            if self.truncate:
+                self.texts[u] = truncate_text(self.texts[u], encoding, limit)
+                self.tokens[u] = limit
+                self.truncated.add(u)
             else:
                 message = (
                     f"input too long: {n:,} tokens, over the model's {limit:,}-token limit "
                     "(shorten the text or pass truncate=True)"
                 )
-                for pos in job.rows_of[u]:
-                    job.errors[pos] = message
-                job.rows_of[u] = []
-        job.have = np.zeros(len(job.texts), dtype=bool)
-        return job
+                for pos in self.rows_of[u]:
+                    self.errors[pos] = message
+                self.rows_of[u] = []
 
     def keys(self) -> list[bytes]:
         """The cache key of each unique text, as the raw digest of its ``embedding_key``."""
@@ -193,7 +209,8 @@ class EmbedJob:
                 failed += len(self.rows_of[u])
                 continue
             self.store(u, vec)
-            good.append(u)
+            if u not in self.truncated:  # a cut text's vector is not its full text's answer
+                good.append(u)
         if cache is not None and good:
             # One block per response, as it came: one row in the cache, not one per vector.
             cache.put_vectors([keys[u] for u in good], self._rows(good), model=self.model)

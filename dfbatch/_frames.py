@@ -102,6 +102,7 @@ async def embed_values(
         keys = job.keys() if cache is not None else []
         if cache is not None:
             job.use_cached(cache, keys)
+        job.count_tokens(everything=usage)
         pending = sum(len(r) for u, r in enumerate(job.rows_of) if not job.have[u])  # type: ignore[index]
         as_floats: list[list[int]] = []
 

@@ -285,3 +285,11 @@ def test_summary_groups_failed_rows_by_cause(opts) -> None:  # type: ignore[no-u
     figures = out.attrs["dfbatch"]
     assert figures["rows_failed"] == 3 and figures["rows_not_sent"] == 1
     assert figures["failures_by_cause"] == {"invalid input": 3}
+
+
+def test_truncated_answer_is_not_cached_as_the_full_texts(opts) -> None:  # type: ignore[no-untyped-def]
+    """A vector of a cut text is never served later for the uncut text."""
+    df = pd.DataFrame({"text": ["word " * 9_000]})
+    assert df.llm.embed("text", truncate=True, **opts)["embedding_error"].isna().all()
+    again = df.llm.embed("text", **opts)
+    assert "input too long" in again["embedding_error"][0]

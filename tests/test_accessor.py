@@ -12,7 +12,7 @@ import pytest
 
 import dfbatch
 from dfbatch import ConfigurationError, RowsFailedError
-from dfbatch.testing import Simulator, expected_content, expected_embedding
+from dfbatch.testing import Faults, Simulator, expected_content, expected_embedding
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +293,19 @@ def test_truncated_answer_is_not_cached_as_the_full_texts(opts) -> None:  # type
     assert df.llm.embed("text", truncate=True, **opts)["embedding_error"].isna().all()
     again = df.llm.embed("text", **opts)
     assert "input too long" in again["embedding_error"][0]
+
+
+def test_fault_mix_end_to_end_every_row_answered_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """5% 5xx, 1% resets, 1% non-JSON 200s, 0.5% hangs on the real simulator: every row ends
+    answered with its own answer, and the server answered each prompt exactly once."""
+    faults = Faults(error_5xx=0.05, reset=0.01, non_json=0.01, hang=0.005)
+    df = pd.DataFrame({"text": [f"row {i}" for i in range(1000)]})
+    with Simulator(faults=faults, hang_seconds=30, record_inputs=True, seed=11) as s:
+        out = df.llm.complete(
+            "{text}", base_url=s.base_url, timeout=1.0, cache=False, progress=False
+        )
+        assert sum(s.stats.faults.values()) > 50
+        assert set(s.stats.inputs.values()) == {1} and len(s.stats.inputs) == 1000
+    assert out["completion_error"].isna().all()
+    assert out["completion"].tolist() == [f"echo: row {i}" for i in range(1000)]
+    assert out.attrs["dfbatch"]["retries"] > 50

@@ -143,6 +143,7 @@ class Engine:
         self._rng = rng or random.Random()
         self.stats = RunStats()
         self.limiter: Limiter | None = None
+        self._urls: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return (
@@ -238,7 +239,9 @@ class Engine:
     ) -> Outcome:
         stats = self.stats
         limiter = gate.limiter
-        url = self.api.url(request.endpoint)
+        url = self._urls.get(request.endpoint)
+        if url is None:
+            url = self._urls[request.endpoint] = self.api.url(request.endpoint)
         try:
             body = orjson.dumps(request.body)
         except TypeError as exc:  # e.g. a numpy value in extra_body: that row fails alone
@@ -257,7 +260,7 @@ class Engine:
                     verdict = classify_exception(exc.kind, str(exc))
                     rate = None
                 else:
-                    verdict = classify_response(raw.status, raw.headers, raw.body, time.time())
+                    verdict = classify_response(raw.status, raw.headers, raw.body)
                     rate = RateHeaders.parse(raw.headers)
                 if verdict.action is Action.ABORT:
                     gate.close()  # before the slot frees: nothing else may go out

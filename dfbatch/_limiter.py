@@ -127,8 +127,10 @@ class Pace:
     @property
     def target(self) -> float | None:
         """The pace before 429 cuts: the lower of the configured and the announced limit."""
-        rates = [r for r in (self.configured, self.learned) if r]
-        return min(rates) if rates else None
+        configured, learned = self.configured, self.learned  # on the hot path: no list
+        if configured and learned:
+            return min(configured, learned)
+        return configured or learned
 
     @property
     def rate(self) -> float | None:
@@ -249,6 +251,8 @@ class Limiter:
 
     def delay(self, tokens: float, now: float) -> float:
         """Seconds until a request estimated at ``tokens`` may be sent (0.0: send now)."""
+        if now >= self.cool_down_until and not self._paced():
+            return 0.0  # nothing to pace (a server without limits): the common fast path
         self._recover(now)
         wait = max(
             self.cool_down_until - now,

@@ -245,12 +245,14 @@ def _open_cache(job: RunJob) -> Any:
     from ._cache import ResponseCache
 
     cache = ResponseCache(None if job.cache is True else job.cache)
-    # Lookups here are one pass over the keys, never re-read: through mmap every page touched
-    # would stay in this process's resident set, which then grows with the file's length.
-    # (Wanted: a ResponseCache option for this; until then, the pragma on its connection.)
+    # One pass over small JSON answers: nothing is read twice, so neither mmap (every page
+    # touched stays resident, growing with the file) nor a large page cache (sized for
+    # writing blocks of vectors) helps; both would count in this process's memory.
+    # (Wanted: a ResponseCache option for this; until then, pragmas on its connection.)
     conn = getattr(getattr(cache, "_db", None), "conn", None)
     if conn is not None:
         conn.execute("PRAGMA mmap_size = 0")
+        conn.execute(f"PRAGMA cache_size = -{C.CLI_CACHE_PAGES_KIB}")
     return cache
 
 

@@ -107,3 +107,6 @@ CLI_STATUS_INTERVAL = 10.0
 CLI_LOGGED_FAILURES = 20
 #: ``dfbatch embed`` / ``complete``: rows read, sent and written per chunk (memory bound).
 CLI_CHUNK_ROWS = 10_000
+#: ``dfbatch run``: KiB of SQLite page cache on the response cache's connection (SQLite's own
+#: default); answers are written once and looked up once, so a larger cache only adds memory.
+CLI_CACHE_PAGES_KIB = 2_000

@@ -244,7 +244,9 @@ def _open_cache(job: RunJob) -> Any:
         return None
     from ._cache import ResponseCache
 
-    cache = ResponseCache(None if job.cache is True else job.cache)
+    cache = ResponseCache(
+        None if job.cache is True else job.cache, flush_interval=C.CLI_CACHE_FLUSH_INTERVAL
+    )
     # One pass over small JSON answers: nothing is read twice, so neither mmap (every page
     # touched stays resident, growing with the file) nor a large page cache (sized for
     # writing blocks of vectors) helps; both would count in this process's memory.

@@ -110,3 +110,6 @@ CLI_CHUNK_ROWS = 10_000
 #: ``dfbatch run``: KiB of SQLite page cache on the response cache's connection (SQLite's own
 #: default); answers are written once and looked up once, so a larger cache only adds memory.
 CLI_CACHE_PAGES_KIB = 2_000
+#: ``dfbatch run``: seconds between cache commits. An answer received but neither flushed nor yet
+#: written in order is asked again after a kill -9, so keep this short (a commit is cheap in WAL).
+CLI_CACHE_FLUSH_INTERVAL = 0.02

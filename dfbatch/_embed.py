@@ -158,13 +158,13 @@ class EmbedJob:
         return rows
 
     def requests(
-        self, *, batch_size: int | None, encoding_format: str | None, start_id: int = 0
+        self, *, batch_size: int | None, encoding_format: str | None
     ) -> Iterator[Request]:
         """Pack the texts still missing into requests, by count and by tokens."""
         size = min(batch_size or C.EMBED_MAX_INPUTS, C.EMBED_MAX_INPUTS)
         batch: list[int] = []
         tokens = 0
-        rid = start_id
+        rid = 0
         for u in range(len(self.texts)):
             if self.have[u] or not self.rows_of[u]:  # type: ignore[index]
                 continue

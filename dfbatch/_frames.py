@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -353,11 +353,3 @@ async def complete_frame(
         progress=options.progress,
         not_sent=sum(p is None for p in prompts),
     )
-
-
-def series_frame(series: pd.Series, name: str) -> pd.DataFrame:
-    """A Series as a one-column frame, keeping its index."""
-    return series.to_frame(name=name)
-
-
-PromptFunction = Callable[[Row], Any]

@@ -63,26 +63,39 @@ def timed_async(name: str, fn: Any) -> Any:
     return wrapper
 
 
+def wrap(owner: Any, attr: str, name: str) -> None:
+    """Time ``owner.attr`` if it exists (dfbatch's internals change; absent steps are skipped)."""
+    fn = getattr(owner, attr, None)
+    if fn is None:
+        return
+    if isinstance(owner, type) and isinstance(owner.__dict__.get(attr), classmethod):
+        setattr(owner, attr, classmethod(timed(name, fn.__func__)))
+    else:
+        setattr(owner, attr, timed(name, fn))
+
+
 def install() -> None:
     job = _embed.EmbedJob
-    job.plan = classmethod(timed("plan (dedupe, count tokens)", job.plan.__func__))  # type: ignore[method-assign]
-    _embed.count_texts = timed("  plan: count_texts (tiktoken)", _embed.count_texts)
-    job.keys = timed("cache keys (embedding_key x n)", job.keys)  # type: ignore[method-assign]
-    job.use_cached = timed("use_cached (store hits in the block)", job.use_cached)  # type: ignore[method-assign]
-    job.receive = timed("engine: receive (parse + store + cache put)", job.receive)  # type: ignore[method-assign]
-    job.store = timed("  store (copy a vector into the block)", job.store)  # type: ignore[method-assign]
-    job.column = timed("column (one view per row)", job.column)  # type: ignore[method-assign]
-    job.error_column = timed("error_column", job.error_column)  # type: ignore[method-assign]
-    _embed.parse_embeddings = timed("  receive: parse_embeddings (base64)", _embed.parse_embeddings)
+    wrap(job, "plan", "plan (dedupe, skip NA)")
+    wrap(job, "count_tokens", "count_tokens (texts to send)")
+    wrap(_embed, "count_texts", "  count_texts (tiktoken)")
+    wrap(job, "keys", "cache keys")
+    wrap(job, "use_cached", "use_cached (cache hits into the block)")
+    wrap(job, "receive", "engine: receive (parse + store + cache put)")
+    wrap(job, "store", "  store (copy a vector into the block)")
+    wrap(job, "column", "column (one view per row)")
+    wrap(job, "error_column", "error_column")
+    wrap(_embed, "parse_embeddings", "  receive: parse_embeddings (base64)")
     rc = _cache.ResponseCache
-    rc.__init__ = timed("cache: open", rc.__init__)  # type: ignore[method-assign]
-    rc.get_vectors = timed("cache: get_vectors (read the store)", rc.get_vectors)  # type: ignore[method-assign]
-    rc.put_vector = timed("  cache: put_vector (buffer)", rc.put_vector)  # type: ignore[method-assign]
-    rc.maybe_flush = timed("cache: maybe_flush (write to SQLite)", rc.maybe_flush)  # type: ignore[method-assign]
-    rc.flush = timed("cache: flush (all, incl. from maybe_flush)", rc.flush)  # type: ignore[method-assign]
-    _retry.classify_response = timed(
-        "engine: classify_response (JSON parse)", _retry.classify_response
-    )
+    wrap(rc, "__init__", "cache: open")
+    wrap(rc, "get_vectors", "cache: get_vectors")
+    wrap(rc, "get_vector_rows", "  cache: get_vector_rows (read the store)")
+    wrap(rc, "put_vector", "  cache: put_vector (buffer)")
+    wrap(rc, "put_vectors", "  cache: put_vectors (buffer)")
+    wrap(rc, "maybe_flush", "cache: maybe_flush (write to SQLite)")
+    wrap(rc, "flush", "cache: flush (all, incl. from maybe_flush)")
+    wrap(rc, "close", "cache: close")
+    wrap(_retry, "classify_response", "engine: classify_response (JSON parse)")
     if hasattr(_engine, "classify_response"):
         _engine.classify_response = _retry.classify_response
     _frames.execute = timed_async("execute (engine run, await)", _run.execute)

@@ -168,7 +168,13 @@ def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
 def others_running() -> list[str]:
     """Other benchmarks on this machine (they would skew the timings)."""
     out = []
-    for pattern in ("engine_bench.py", "cli_bench.py"):
+    for pattern in (
+        "engine_bench.py",
+        "cli_bench.py",
+        "_cli_light.py",
+        "_drive_dfbatch.py",
+        "_drive_cookbook.py",
+    ):
         r = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
         out += [f"{pattern} (pid {pid})" for pid in r.stdout.split()]
     return out

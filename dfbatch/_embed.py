@@ -157,9 +157,7 @@ class EmbedJob:
         self.cached += rows
         return rows
 
-    def requests(
-        self, *, batch_size: int | None, encoding_format: str | None
-    ) -> Iterator[Request]:
+    def requests(self, *, batch_size: int | None, encoding_format: str | None) -> Iterator[Request]:
         """Pack the texts still missing into requests, by count and by tokens."""
         size = min(batch_size or C.EMBED_MAX_INPUTS, C.EMBED_MAX_INPUTS)
         batch: list[int] = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from . import _accessor  # noqa: F401  (registers the .llm accessors)
+from ._accessor_hook import register_accessor_with_pandas
 from ._config import ApiConfig
 from ._engine import Engine
 from ._errors import (
@@ -23,6 +23,7 @@ from ._errors import (
 from ._types import ErrorInfo, Outcome, Request, RunStats
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+register_accessor_with_pandas()
 
 __version__ = "0.1.0"
 

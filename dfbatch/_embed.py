@@ -135,11 +135,20 @@ class EmbedJob:
         """The cache key of each unique text, as the raw digest of its ``embedding_key``."""
         return embedding_digests(self.model, self.dimensions, self.texts)
 
-    def store(self, u: int, vector: np.ndarray) -> None:
+    def store(self, us: list[int], matrix: np.ndarray) -> str | None:
+        """Put ``matrix[i]`` on text ``us[i]``, one copy for the lot; or say why it cannot."""
         if self.block is None:
-            self.block = _new_block(len(self.texts), vector.shape[0])
-        self.block[u] = vector
-        self.have[u] = True  # type: ignore[index]
+            self.block = _new_block(len(self.texts), matrix.shape[1])
+        block = self.block
+        if matrix.shape[1] != block.shape[1]:
+            return f"vectors of {matrix.shape[1]} dimensions where others had {block.shape[1]}"
+        first = us[0]
+        if us == list(range(first, first + len(us))):  # a fresh run: responses in order
+            block[first : first + len(us)] = matrix
+        else:
+            block[us] = matrix
+        self.have[us] = True  # type: ignore[index]
+        return None
 
     def use_cached(self, cache: Any, keys: Sequence[Any]) -> int:
         """Fill answers found in the cache; returns the rows they cover. The cache copies its
@@ -195,21 +204,25 @@ class EmbedJob:
             self._fail(batch, str(outcome.error))
             return rows, rows
         try:
-            vectors = parse_embeddings(outcome.response, len(batch))
+            positions, matrix = parse_embeddings(outcome.response, len(batch))
         except ValueError as exc:
             self._fail(batch, f"invalid response: {exc}")
             return rows, rows
         failed = 0
-        good: list[int] = []
-        for i, u in enumerate(batch):
-            vec = vectors[i]
-            if vec is None:
-                self._fail([u], "invalid response: no embedding for this input")
-                failed += len(self.rows_of[u])
-                continue
-            self.store(u, vec)
-            if u not in self.truncated:  # a cut text's vector is not its full text's answer
-                good.append(u)
+        if len(positions) < len(batch):
+            answered = set(positions)
+            missing = [u for i, u in enumerate(batch) if i not in answered]
+            self._fail(missing, "invalid response: no embedding for this input")
+            failed += sum(len(self.rows_of[u]) for u in missing)
+        if not positions:
+            return rows, failed
+        us = [batch[i] for i in positions]
+        problem = self.store(us, matrix)
+        if problem is not None:
+            self._fail(us, f"invalid response: {problem}")
+            return rows, rows
+        # A cut text's vector is not its full text's answer: it is never cached.
+        good = [u for u in us if u not in self.truncated] if self.truncated else us
         if cache is not None and good:
             # One block per response, as it came: one row in the cache, not one per vector.
             cache.put_vectors([keys[u] for u in good], self._rows(good), model=self.model)
@@ -270,36 +283,57 @@ def _new_block(rows: int, dims: int) -> np.ndarray:
     return np.zeros((rows, dims), dtype=np.float32)
 
 
+def _decode_base64(value: str) -> bytes:
+    try:  # validate=True takes pybase64's SIMD path: 3x faster than without, 18x binascii
+        raw = pybase64.b64decode(value, validate=True)
+    except binascii.Error:  # stray characters (a line break...): the lenient decoder skips them
+        raw = pybase64.b64decode(value)
+    if len(raw) % 4:
+        raise ValueError("base64 embedding is not a whole number of float32 values")
+    return raw
+
+
 def decode_vector(value: Any) -> np.ndarray:
     """A float32 vector from base64 (little-endian float32) or a JSON list of floats."""
     if isinstance(value, str):
-        try:  # validate=True takes pybase64's SIMD path: 3x faster than without, 18x binascii
-            raw = pybase64.b64decode(value, validate=True)
-        except binascii.Error:  # stray characters (a line break...): the lenient decoder skips them
-            raw = pybase64.b64decode(value)
-        if len(raw) % 4:
-            raise ValueError("base64 embedding is not a whole number of float32 values")
-        return np.frombuffer(raw, dtype="<f4")
+        return np.frombuffer(_decode_base64(value), dtype="<f4")
     if isinstance(value, list):
         return np.asarray(value, dtype=np.float32)
     raise ValueError(f"embedding of unexpected type {type(value).__name__}")
 
 
-def parse_embeddings(response: Any, n_inputs: int) -> list[np.ndarray | None]:
-    """Vectors by input position, joined on each item's ``index`` (servers may reorder)."""
+def parse_embeddings(response: Any, n_inputs: int) -> tuple[list[int], np.ndarray]:
+    """A response's vectors as one float32 matrix: row ``i`` answers input ``positions[i]``,
+    joined on each item's ``index`` (servers may reorder); an input without an item is absent.
+
+    >>> parse_embeddings({"data": [{"index": 1, "embedding": [1, 2]}]}, 2)
+    ([1], array([[1., 2.]], dtype=float32))
+    """
     data = response.get("data") if isinstance(response, dict) else None
     if not isinstance(data, list):
         raise ValueError("no 'data' list in the response")
-    out: list[np.ndarray | None] = [None] * n_inputs
+    positions: list[int] = []
+    values: list[Any] = []
     for pos, item in enumerate(data):
         index = item.get("index", pos) if isinstance(item, dict) else None
         if not isinstance(index, int) or not 0 <= index < n_inputs:
             raise ValueError(f"embedding index {index!r} out of range")
-        out[index] = decode_vector(item.get("embedding"))
-    dims = {v.shape[0] for v in out if v is not None}
+        positions.append(index)
+        values.append(item.get("embedding"))
+    if len(set(positions)) < len(positions):
+        raise ValueError("an embedding index given twice")
+    if values and all(type(v) is str for v in values):
+        # base64: decode each, then view them all as one matrix (one copy, no per-row arrays)
+        raws = [_decode_base64(v) for v in values]
+        sizes = set(map(len, raws))
+        if len(sizes) > 1:
+            raise ValueError(f"embeddings of different lengths in one response: {sorted(sizes)}")
+        return positions, np.frombuffer(b"".join(raws), "<f4").reshape(len(raws), -1)
+    vectors = [decode_vector(v) for v in values]
+    dims = {v.shape[0] for v in vectors}
     if len(dims) > 1:
         raise ValueError(f"embeddings of different lengths in one response: {sorted(dims)}")
-    return out
+    return positions, np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
 
 
 def failed_on_format(outcome: Outcome) -> bool:

@@ -7,7 +7,8 @@ import base64
 import numpy as np
 import pytest
 
-from dfbatch._embed import decode_vector, parse_embeddings
+from dfbatch._embed import EmbedJob, decode_vector, parse_embeddings
+from dfbatch._types import Outcome, Request
 
 
 def b64(vector: np.ndarray) -> str:
@@ -30,11 +31,14 @@ def test_float_lists_and_bad_values() -> None:
         decode_vector(3)
 
 
-def test_items_are_joined_on_their_index_not_their_order() -> None:
+@pytest.mark.parametrize("encode", [b64, lambda v: v.tolist()], ids=["base64", "floats"])
+def test_items_are_joined_on_their_index_not_their_order(encode) -> None:  # type: ignore[no-untyped-def]
     vs = [np.full(3, i, "<f4") for i in range(3)]
-    data = [{"index": i, "embedding": b64(vs[i])} for i in (2, 0, 1)]
-    out = parse_embeddings({"data": data}, 3)
-    assert [float(v[0]) for v in out] == [0.0, 1.0, 2.0]  # type: ignore[index]
+    data = [{"index": i, "embedding": encode(vs[i])} for i in (2, 0, 1)]
+    positions, matrix = parse_embeddings({"data": data}, 3)
+    assert positions == [2, 0, 1]
+    assert matrix.dtype == np.float32 and matrix.shape == (3, 3)
+    assert np.array_equal(matrix[:, 0], [2.0, 0.0, 1.0])
 
 
 @pytest.mark.parametrize(
@@ -53,6 +57,37 @@ def test_malformed_responses_are_refused(response: dict, message: str) -> None:
         parse_embeddings(response, 2)
 
 
-def test_a_missing_item_is_none() -> None:
-    out = parse_embeddings({"data": [{"index": 1, "embedding": [1.0]}]}, 2)
-    assert out[0] is None and out[1] is not None
+def test_a_missing_item_is_absent() -> None:
+    positions, matrix = parse_embeddings({"data": [{"index": 1, "embedding": [1.0]}]}, 2)
+    assert positions == [1] and matrix.shape == (1, 1)
+
+
+def _job_with_two_requests() -> tuple[EmbedJob, list[Request]]:
+    job = EmbedJob.plan(["a", "b", "c", "d"], model="m", dimensions=None, truncate=False)
+    job.count_tokens()
+    return job, list(job.requests(batch_size=2, encoding_format="base64"))
+
+
+def _response(vectors: list[np.ndarray], indices: list[int]) -> dict:
+    return {
+        "data": [{"index": i, "embedding": b64(v)} for v, i in zip(vectors, indices, strict=True)]
+    }
+
+
+def test_receive_a_response_missing_an_input_fails_that_row_only() -> None:
+    job, (first, second) = _job_with_two_requests()
+    v = [np.full(4, x, "<f4") for x in range(4)]
+    assert job.receive(Outcome(first, _response([v[1]], [1])), None, []) == (2, 1)
+    assert job.receive(Outcome(second, _response([v[3], v[2]], [1, 0])), None, []) == (2, 0)
+    column = job.column()
+    assert column[0] is None and "no embedding for this input" in job.errors[0]
+    assert [float(column[r][0]) for r in (1, 2, 3)] == [1.0, 2.0, 3.0]
+
+
+def test_receive_vectors_of_another_length_than_earlier_ones_fail_their_rows() -> None:
+    job, (first, second) = _job_with_two_requests()
+    short, long = [np.ones(4, "<f4")] * 2, [np.ones(8, "<f4")] * 2
+    assert job.receive(Outcome(first, _response(short, [0, 1])), None, []) == (2, 0)
+    assert job.receive(Outcome(second, _response(long, [0, 1])), None, []) == (2, 2)
+    assert "8 dimensions where others had 4" in job.errors[2]
+    assert 0 not in job.errors and job.column()[0] is not None

@@ -24,8 +24,7 @@ and the building of the input frame, and prints one JSON line. All traffic stays
     /work/venv/bin/python bench/accessor_bench.py --quick      # smoke check (~30 s)
 
 Diagnostics, run by hand against a simulator: ``bench/_accessor_phases.py`` (wall and CPU of
-each step of one embed call), ``bench/_accessor_whatif.py`` (the embed measurement with a
-proposed dfbatch change patched in from the bench), ``--profile`` here (cProfile files).
+each step of one embed call), ``--profile`` here (cProfile files).
 
 Prints a report with each target and PASS/FAIL; writes it as JSON to bench/out/accessor_bench.json.
 """

@@ -140,7 +140,7 @@ def embed_cmd(sim: Sim, rows: int, cache: str, profile: Path | None = None) -> l
 
 def file_bytes(path: Path) -> int:
     total = 0
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", "-vectors"):
         p = path.with_name(path.name + suffix)
         if p.exists():
             total += p.stat().st_size
@@ -148,7 +148,7 @@ def file_bytes(path: Path) -> int:
 
 
 def remove_store(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", "-vectors"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
@@ -403,7 +403,7 @@ def main() -> int:
                 repeats(rep, cached_runs)
                 rep.say(
                     f"    cache file after the run: {cached['cache_file_bytes'] / MB:.1f} MB "
-                    "(with -wal, -shm)"
+                    "(with -wal, -shm, -vectors)"
                 )
                 describe_embed(rep, "cache=False", nocache, server_off)
                 repeats(rep, off_runs)

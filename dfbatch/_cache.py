@@ -136,7 +136,7 @@ def _store(db: Db, rows: list[_Row], vectors: PendingVectors) -> None:
     with db.writing() as conn:
         if rows:
             conn.executemany(_INSERT, rows)
-        write_blocks(conn, vectors.blocks)
+        write_blocks(conn, db.vectors, vectors.blocks)
 
 
 def _flush_at_exit(db: Db, pending: dict[str, _Row], vectors: PendingVectors) -> None:
@@ -298,7 +298,9 @@ class ResponseCache:
             damaged = 0
             try:
                 with self._db.reading() as conn:
-                    groups: list[Group] = list(vector_groups(conn, self._vectors, raw))
+                    groups: list[Group] = list(
+                        vector_groups(conn, self._db.vectors, self._vectors, raw)
+                    )
                     if dims_first and groups:
                         weight: dict[int, int] = {}
                         for dims, positions, _rows, _load in groups:
@@ -402,7 +404,7 @@ class ResponseCache:
                 return False
             try:
                 self.flush()
-            except sqlite3.OperationalError as exc:
+            except (sqlite3.OperationalError, OSError) as exc:  # busy, or a full disk
                 log.warning(
                     "response cache %s: %d answers not stored yet (%s); retrying",
                     self.path,
@@ -443,7 +445,9 @@ class ResponseCache:
         with self._lock:
             self._check_open()
             self.flush()
-            size = file_size(self.path) + file_size(self.path.with_name(self.path.name + "-wal"))
+            size = self._db.vectors.size() + sum(
+                file_size(self.path.with_name(self.path.name + side)) for side in ("", "-wal")
+            )
             by_model: dict[str | None, int] = {}
             times: list[float] = []
             try:
@@ -500,6 +504,7 @@ class ResponseCache:
                 with self._db.writing() as conn:
                     deleted = conn.execute(sql, args).rowcount
                     deleted += self._clear_vectors(conn, model, cutoff)
+                    self._compact_vectors(conn)
             except sqlite3.DatabaseError as exc:
                 if not self._db.recover(exc):
                     raise
@@ -534,6 +539,29 @@ class ResponseCache:
         if model is None and cutoff is None:
             conn.execute("DELETE FROM vector_blocks")  # damaged ones too
         return int(before.sum() - after.sum())
+
+    def _compact_vectors(self, conn: sqlite3.Connection) -> None:
+        """Give the space of deleted blocks back: empty the vectors file when no block is left,
+        rewrite it when less than half of it is still used."""
+        vectors = self._db.vectors
+        blocks = [
+            (block_id, offset, dims * count * 4)
+            for block_id, offset, dims, count in conn.execute(
+                "SELECT id, offset, dims, count FROM vector_blocks ORDER BY offset"
+            )
+            if isinstance(offset, int) and isinstance(dims, int) and isinstance(count, int)
+        ]
+        if not blocks:
+            vectors.truncate()
+            return
+        if 2 * sum(size for _, _, size in blocks) >= vectors.size():
+            return
+        moved = vectors.compact(blocks)
+        if moved is not None:
+            conn.executemany(
+                "UPDATE vector_blocks SET offset = ? WHERE id = ?",
+                [(offset, block_id) for block_id, offset in moved.items()],
+            )
 
     def close(self) -> None:
         """Flush and close; closing twice is harmless."""

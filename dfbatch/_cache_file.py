@@ -1,12 +1,14 @@
 """The response cache's SQLite file: its tables, opening and checking it, and what happens when it
 is damaged or of another format (see :mod:`dfbatch._cache` for the rules).
 
-Tables (format 2):
+Tables (format 3):
 
 - ``entries``: one row per JSON answer (key, model, created, crc, value);
 - ``vector_blocks``: one row per block of embeddings, as one response brought them: the block's
-  keys (``count`` raw 32-byte digests, in row order), its vectors (``count x dims``
-  little-endian float32) and one crc32 over both (see :mod:`dfbatch._cache_vectors`).
+  keys (``count`` raw 32-byte digests, in row order), the ``offset`` of its vectors (``count x
+  dims`` little-endian float32) in the vectors file beside the database
+  (:mod:`dfbatch._cache_vector_file`), and one crc32 over keys and vectors
+  (see :mod:`dfbatch._cache_vectors`).
 
 :class:`Db` is not locked on its own: :class:`~dfbatch._cache.ResponseCache` serializes calls.
 """
@@ -24,40 +26,34 @@ from pathlib import Path
 from typing import Any
 
 from . import _constants as C
+from ._cache_vector_file import SUFFIX as VECTORS_SUFFIX
+from ._cache_vector_file import VectorFile, vectors_path
 from ._errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
 #: Format of the tables; bump it with any change and add a migration or a set-aside rule.
-#: 1: one row per answer, vectors included; 2: vectors in blocks (``vector_blocks``).
-SCHEMA_VERSION = 2
+#: 1: one row per answer, vectors included; 2: vectors in blocks (``vector_blocks``); 3: the
+#: blocks' vectors in the vectors file, not in SQLite.
+SCHEMA_VERSION = 3
 #: ``PRAGMA application_id`` of a dfbatch store ("dfbc"): another program's database is never
 #: mistaken for one, so never renamed or rebuilt.
 APPLICATION_ID = 0x64666263
-#: Page size of new stores. Blocks of vectors are megabytes each, and SQLite's cost per page
-#: (the log's frame headers and checksums, a write call per page, the overflow chain) dominates
-#: their writing: 100,000 x 1,536 float32 (49 blocks) took 1.39 s of CPU with 16 KiB pages,
-#: 1.28 s with 32 KiB, 1.17 s with 64 KiB. Small JSON answers go the other way (each flush
-#: rewrites whole pages): 50,000 answers flushed 50 at a time took 1.4 s with 4 KiB pages,
-#: 1.65 s with 16 KiB, 2.0 s with 32 KiB, 2.4 s with 64 KiB (7 us more per answer at 32 KiB).
-PAGE_SIZE = 32_768
-#: Page cache of a writing connection (KiB): a flush of up to ``CACHE_FLUSH_MAX_BYTES`` of
-#: vectors is built in memory and written once at commit instead of spilling page by page
-#: (100,000 vectors: 2.0 s of CPU with SQLite's default 2 MB, 1.7 s with 16 MB, 1.4 s with
-#: 48 MB). It stays allocated until the cache is closed: giving it back after each flush
-#: (``PRAGMA shrink_memory``) cost 0.2 s of page faults per 100,000 vectors.
-CACHE_KIB = 48 * 1024
-#: Bytes of the file read through mmap: none. Blocks are read with incremental blob I/O, which
-#: reads overflow pages straight into the result (0.23 s of CPU for 600 MB without mmap, 0.2 s
-#: with), while every mapped page read stays in the process's resident set (+630 MB of RSS
-#: for a 100,000-vector read); JSON lookups cost the same either way (2.3 s per 100,000).
+#: Page size of new stores. Only keys and JSON answers live in SQLite now, and small answers
+#: favour small pages (each flush rewrites whole pages): 50,000 answers flushed 50 at a time
+#: took 1.4 s with 4 KiB pages, 1.65 s with 16 KiB, 2.0 s with 32 KiB, 2.4 s with 64 KiB.
+PAGE_SIZE = 4_096
+#: Page cache of a connection (KiB): room for a flush's JSON answers and the keys of a few
+#: hundred blocks, without keeping tens of MB resident in a notebook.
+CACHE_KIB = 8 * 1024
+#: Bytes of the file read through mmap: none. Every mapped page read stays in the process's
+#: resident set, and JSON lookups cost the same either way (2.3 s per 100,000).
 MMAP_BYTES = 0
 
 JSON_COLUMNS = ("key", "model", "created", "crc", "value")
-BLOCK_COLUMNS = ("id", "model", "dims", "count", "created", "crc", "keys", "data")
-# Rowid tables: rows are appended in arrival order. The big values come last, so reading the
-# other columns never walks their overflow pages (``keys`` before ``data``: the key lookup
-# reads a block's keys without touching its vectors).
+BLOCK_COLUMNS = ("id", "model", "dims", "count", "created", "crc", "offset", "keys")
+# Rowid tables: rows are appended in arrival order. The big value comes last, so reading the
+# other columns never walks its overflow pages.
 _SCHEMA = (
     """CREATE TABLE entries (
         key TEXT PRIMARY KEY NOT NULL,
@@ -75,12 +71,13 @@ _SCHEMA = (
         count INTEGER NOT NULL,
         created REAL NOT NULL,
         crc INTEGER NOT NULL,
-        keys BLOB NOT NULL,
-        data BLOB NOT NULL
+        offset INTEGER NOT NULL,
+        keys BLOB NOT NULL
     )""",
 )
 _TABLES = {"entries": JSON_COLUMNS, "vector_blocks": BLOCK_COLUMNS}
-_SIDE_FILES = ("-wal", "-journal")  # moved with a set-aside file; "-shm" is only an index
+# Moved with a set-aside file; "-shm" is only an index.
+_SIDE_FILES = ("-wal", "-journal", VECTORS_SUFFIX)
 
 
 def is_damage(exc: BaseException) -> bool:
@@ -127,6 +124,7 @@ class Db:
         self.path = path
         self.readonly = readonly
         self.conn: sqlite3.Connection | None = None
+        self.vectors = VectorFile(vectors_path(path), readonly=readonly)
         self._identity: tuple[int, int] | None = None
         self._sql: dict[int, str] = {}  # one statement per number of keys, built once
         self.open()
@@ -149,7 +147,7 @@ class Db:
             conn = self._connect()
             try:
                 identity = self._stat()
-                empty = self._check(conn)
+                empty, created = self._check(conn)
             except _Problem as problem:
                 conn.close()
                 if problem.reason in ("foreign", "newer") or self.readonly:
@@ -163,6 +161,8 @@ class Db:
                 conn.close()  # read-only and an empty file: nothing to read
                 return
             self.conn, self._identity = conn, identity
+            if created:
+                self.vectors.truncate()  # left by a deleted store: no row points into it
             return
         raise ConfigurationError(f"cannot build a response cache at {self.path}")
 
@@ -195,18 +195,20 @@ class Db:
             return None
         return (st.st_dev, st.st_ino)
 
-    def _check(self, conn: sqlite3.Connection) -> bool:
+    def _check(self, conn: sqlite3.Connection) -> tuple[bool, bool]:
         """Raise _Problem unless ``conn`` is a usable store; create the tables in a new file.
-        True when the file is empty (only when read-only: a writer creates the tables).
+        (empty, created): empty when the file is (only when read-only: a writer creates the
+        tables), created when this call made the tables.
         """
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(C.CACHE_BUSY_TIMEOUT * 1000)}")
             state = self._state(conn)
+            created = False
             if state is None and not self.readonly:
-                self._create(conn)
+                created = self._create(conn)
                 state = self._state(conn)
             if state is None:
-                return True
+                return True, False
             app_id, version, tables = state
             if app_id not in (0, APPLICATION_ID) or (app_id == 0 and "entries" not in tables):
                 raise _Problem("foreign", "it is an SQLite database but not a dfbatch cache")
@@ -219,8 +221,8 @@ class Db:
                 )
             complete = all(set(cols) <= set(tables.get(t, ())) for t, cols in _TABLES.items())
             if app_id == 0 or version < SCHEMA_VERSION or not complete:
-                # Format 1 stored each vector as a row of its own; its answers are few enough
-                # to ask again, so it is set aside rather than migrated.
+                # Formats 1 and 2 kept the vectors inside SQLite; they predate any release, so
+                # they are set aside (with a warning) rather than migrated.
                 raise _Problem(
                     "older",
                     f"it was written by an older dfbatch (format {version})",
@@ -228,7 +230,7 @@ class Db:
                 )
             self._tune(conn)
             self._probe(conn)
-            return False
+            return False, created
         except sqlite3.DatabaseError as exc:
             if is_damage(exc):
                 raise _Problem("corrupt", str(exc)) from None
@@ -250,7 +252,8 @@ class Db:
         return app_id, version, tables
 
     @staticmethod
-    def _create(conn: sqlite3.Connection) -> None:
+    def _create(conn: sqlite3.Connection) -> bool:
+        """Make the tables unless another process just did; whether this call made them."""
         # Page size and auto_vacuum only take effect before the first table exists.
         conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # lets clear() give space back
@@ -266,6 +269,7 @@ class Db:
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
+            return exists is None
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -358,6 +362,7 @@ class Db:
             self.open()
 
     def close(self) -> None:
+        self.vectors.close()
         if self.conn is not None:
             conn, self.conn = self.conn, None
             conn.close()

@@ -2,9 +2,10 @@
 
 An embedding response brings 2,048 vectors at once; they are buffered and stored as they came,
 one ``vector_blocks`` row per block: ``keys`` (the raw 32-byte digest of each row's key, in row
-order), ``data`` (``count x dims`` little-endian float32) and a crc32 over both. One 12 MB
-blob is cheap for SQLite; 2,048 rows of 6 KB each, with their overflow pages and a key index,
-were not: storing 100,000 x 1,536 float32 took 6.5 s of CPU that way, 1.25-1.4 s now.
+order), the ``offset`` of its vectors (``count x dims`` little-endian float32) in the vectors
+file (:mod:`dfbatch._cache_vector_file`), and a crc32 over keys and vectors. Storing 100,000 x
+1,536 float32 took 6.5 s of CPU as 100,000 SQLite rows, 1.25-1.4 s as 49 SQLite blobs, ~0.45 s
+now (the crc is half of it).
 
 There is no index row per key. A lookup reads the ``keys`` column of every block (32 bytes per
 stored vector, 3 MB for 100,000; never the vectors), searches it with numpy (the requested
@@ -32,6 +33,8 @@ from dataclasses import dataclass, field
 from hashlib import sha256
 
 import numpy as np
+
+from ._cache_vector_file import VectorFile
 
 KEY_BYTES = 32  # a stored key: the raw sha256 digest
 _KEY_SALT = b"dfbatch-key\0"  # keys that are not digests are hashed with this first
@@ -197,26 +200,27 @@ class PendingVectors:
         return groups, rest
 
 
-def write_blocks(conn: sqlite3.Connection, blocks: Sequence[PendingBlock]) -> None:
-    """Insert the blocks in put order (later puts get higher ids, so they win), inside the
-    caller's transaction. The vectors go in through incremental blob I/O: SQLite copies them
-    straight into their pages instead of building a 12 MB record first (half the CPU).
-    """
-    for block in blocks:
-        if not block.keys:
-            continue
-        array = block.matrix()
+def write_blocks(
+    conn: sqlite3.Connection, vectors: VectorFile, blocks: Sequence[PendingBlock]
+) -> None:
+    """Append the blocks' vectors to the vectors file and insert their rows in put order (later
+    puts get higher ids, so they win), inside the caller's write transaction."""
+    blocks = [block for block in blocks if block.keys]
+    if not blocks:
+        return  # a store of JSON answers only has no vectors file
+    arrays = [as_block(block.matrix()) for block in blocks]
+    offsets = vectors.append(memoryview(array) for array in arrays)
+    rows = []
+    for block, array, offset in zip(blocks, arrays, offsets, strict=True):
         keys = b"".join(block.keys)
         count, dims = array.shape
         crc = block.crc if block.crc is not None else block_crc(dims, count, keys, array)
-        cursor = conn.execute(
-            "INSERT INTO vector_blocks (model, dims, count, created, crc, keys, data) "
-            "VALUES (?, ?, ?, ?, ?, ?, zeroblob(?))",
-            (block.model, dims, count, block.created, crc, keys, array.nbytes),
-        )
-        if array.nbytes:
-            with conn.blobopen("vector_blocks", "data", cursor.lastrowid) as blob:
-                blob.write(memoryview(array).cast("B"))
+        rows.append((block.model, dims, count, block.created, crc, offset, keys))
+    conn.executemany(
+        "INSERT INTO vector_blocks (model, dims, count, created, crc, offset, keys) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -230,6 +234,7 @@ class StoredKeys:
     dims: list[int]
     counts: list[int]
     crcs: list[int]
+    offsets_in_file: list[int]
     keys: list[bytes]
     models: list[str | None]
     created: list[float]
@@ -242,29 +247,41 @@ class StoredKeys:
         dims: list[int] = []
         counts: list[int] = []
         crcs: list[int] = []
+        places: list[int] = []
         keys: list[bytes] = []
         models: list[str | None] = []
         created: list[float] = []
         rows = conn.execute(
-            "SELECT id, dims, count, crc, keys, model, created FROM vector_blocks ORDER BY id"
+            "SELECT id, dims, count, crc, offset, keys, model, created FROM vector_blocks "
+            "ORDER BY id"
         )
-        for block_id, d, n, crc, k, model, when in rows:
+        for block_id, d, n, crc, place, k, model, when in rows:
             # A block whose header or keys do not fit is damaged: it holds nothing we can find.
             if not (isinstance(k, bytes) and isinstance(d, int) and isinstance(n, int)):
                 continue
-            if d <= 0 or n <= 0 or len(k) != n * KEY_BYTES:
+            if d <= 0 or n <= 0 or len(k) != n * KEY_BYTES or not isinstance(place, int):
                 continue
             ids.append(block_id)
             dims.append(d)
             counts.append(n)
             crcs.append(crc)
+            places.append(place)
             keys.append(k)
             models.append(model)
             created.append(when)
         offsets = np.zeros(len(ids) + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
         return cls(
-            ids, dims, counts, crcs, keys, models, created, offsets, key_matrix(b"".join(keys))
+            ids,
+            dims,
+            counts,
+            crcs,
+            places,
+            keys,
+            models,
+            created,
+            offsets,
+            key_matrix(b"".join(keys)),
         )
 
     def block_of(self, entries: np.ndarray) -> np.ndarray:
@@ -291,9 +308,7 @@ class StoredKeys:
         found[~hit] = -1
         return found
 
-    def groups(
-        self, conn: sqlite3.Connection, wanted: np.ndarray, positions: np.ndarray
-    ) -> list[Group]:
+    def groups(self, vectors: VectorFile, wanted: np.ndarray, positions: np.ndarray) -> list[Group]:
         """The hits among ``wanted`` (the digests at ``positions`` of the request), by block."""
         found = self.find(wanted)
         hit = found >= 0
@@ -308,24 +323,18 @@ class StoredKeys:
         for start, stop in zip(starts, [*starts[1:], len(blocks)], strict=True):
             b = int(blocks[start])
             rows = entries[start:stop] - self.offsets[b]
-            out.append((self.dims[b], positions[start:stop], rows, self._loader(conn, b)))
+            out.append((self.dims[b], positions[start:stop], rows, self._loader(vectors, b)))
         return out
 
-    def _loader(self, conn: sqlite3.Connection, b: int) -> Callable[[], np.ndarray | None]:
+    def _loader(self, vectors: VectorFile, b: int) -> Callable[[], np.ndarray | None]:
         def load() -> np.ndarray | None:
             dims, count = self.dims[b], self.counts[b]
-            # Incremental blob I/O copies the pages straight into one bytes object: 0.12 s for
-            # 600 MB, where a SELECT (a record cell first, then the bytes) took 0.7 s.
-            try:
-                with conn.blobopen("vector_blocks", "data", self.ids[b], readonly=True) as blob:
-                    if len(blob) != dims * count * 4:
-                        return None
-                    data = blob.read()
-            except sqlite3.OperationalError:  # the row is gone, or its data is not a blob
+            data = vectors.read(self.offsets_in_file[b], dims * count * 4)
+            if data is None or block_crc(dims, count, self.keys[b], data) != self.crcs[b]:
                 return None
-            if block_crc(dims, count, self.keys[b], data) != self.crcs[b]:
-                return None
-            return np.frombuffer(data, "<f4").reshape(count, dims)
+            block = np.frombuffer(data, "<f4").reshape(count, dims)
+            block.flags.writeable = False  # the cache hands out views of it
+            return block
 
         return load
 
@@ -352,6 +361,7 @@ class StoredKeys:
 
 def vector_groups(
     conn: sqlite3.Connection | None,
+    vectors: VectorFile,
     pending: PendingVectors,
     raw: Sequence[bytes],
 ) -> Iterator[Group]:
@@ -365,4 +375,4 @@ def vector_groups(
     stored = StoredKeys.read(conn)
     positions = np.asarray(rest, np.intp)
     wanted = key_matrix([raw[i] for i in rest]) if len(rest) < len(raw) else key_matrix(raw)
-    yield from stored.groups(conn, wanted, positions)
+    yield from stored.groups(vectors, wanted, positions)

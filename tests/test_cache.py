@@ -392,15 +392,17 @@ def test_put_vectors_checks_its_arguments(store: Path) -> None:
 
 def _damage_block(store: Path, block_id: int, how: str) -> None:
     conn = sqlite3.connect(store)
+    (offset,) = conn.execute(
+        "SELECT offset FROM vector_blocks WHERE id = ?", (block_id,)
+    ).fetchone()
+    vectors = store.with_name(store.name + "-vectors")
     with conn:
-        if how == "data":  # one float changed: the block's checksum fails
-            data = bytearray(
-                conn.execute("SELECT data FROM vector_blocks WHERE id = ?", (block_id,)).fetchone()[
-                    0
-                ]
-            )
-            data[100] ^= 0x40
-            conn.execute("UPDATE vector_blocks SET data = ? WHERE id = ?", (bytes(data), block_id))
+        if how == "data":  # one float changed in the vectors file: the block's checksum fails
+            with vectors.open("r+b") as f:
+                f.seek(offset + 100)
+                byte = f.read(1)[0]
+                f.seek(offset + 100)
+                f.write(bytes([byte ^ 0x40]))
         elif how == "keys":  # two rows' keys swapped: each key would find the other's vector
             keys = bytearray(
                 conn.execute("SELECT keys FROM vector_blocks WHERE id = ?", (block_id,)).fetchone()[
@@ -409,10 +411,11 @@ def _damage_block(store: Path, block_id: int, how: str) -> None:
             )
             keys[0:32], keys[32:64] = keys[32:64], keys[0:32]
             conn.execute("UPDATE vector_blocks SET keys = ? WHERE id = ?", (bytes(keys), block_id))
-        elif how == "short":  # the blob lost its end
-            conn.execute(
-                "UPDATE vector_blocks SET data = substr(data, 1, 1000) WHERE id = ?", (block_id,)
-            )
+        elif how == "offset":  # pointing into the neighbouring block
+            conn.execute("UPDATE vector_blocks SET offset = offset + 4 WHERE id = ?", (block_id,))
+        elif how == "short":  # the file ends before the block does
+            end = vectors.stat().st_size - 1000
+            conn.execute("UPDATE vector_blocks SET offset = ? WHERE id = ?", (end, block_id))
         elif how == "shape":
             conn.execute(
                 "UPDATE vector_blocks SET dims = dims / 2, count = count * 2 WHERE id = ?",
@@ -421,7 +424,7 @@ def _damage_block(store: Path, block_id: int, how: str) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize("how", ["data", "keys", "short", "shape"])
+@pytest.mark.parametrize("how", ["data", "keys", "offset", "short", "shape"])
 def test_damaged_block_misses_its_rows_only(
     store: Path, how: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -477,6 +480,90 @@ def test_clear_removes_blocks_by_model_and_age(store: Path) -> None:
         assert found.all() and matrix is not None and matrix.tobytes() == kept.tobytes()
         assert cache.clear() == big
         assert blocks_of(store) == []
+
+
+def _vectors_file(store: Path) -> Path:
+    return store.with_name(store.name + "-vectors")
+
+
+def test_vectors_live_beside_the_database_and_clear_gives_their_space_back(store: Path) -> None:
+    """Vectors are appended to <name>-vectors (a JSON-only store has none); a clear that leaves
+    under half of it in use rewrites it, a full clear empties it, and another cache open on the
+    same store meanwhile keeps answering right (it reopens the rewritten file)."""
+    write_store(store, 3)
+    assert not _vectors_file(store).exists()
+    blocks = {tag: keyed_block(tag, 500, seed) for seed, tag in enumerate("abcd")}
+    with ResponseCache(store) as writer, ResponseCache(store) as reader:
+        for tag, (keys, block) in blocks.items():
+            writer.put_vectors(keys, block, model="keep" if tag == "c" else "drop")
+        writer.flush()
+        size = _vectors_file(store).stat().st_size
+        assert size == 4 * 500 * DIMS * 4
+        found, _ = reader.get_vector_rows(blocks["c"][0])  # opens the file before the rewrite
+        assert found.all()
+        assert writer.clear(model="drop") == 3 * 500
+        assert _vectors_file(store).stat().st_size == size // 4
+        for cache in (reader, writer):
+            found, matrix = cache.get_vector_rows(blocks["c"][0])
+            assert found.all() and matrix is not None
+            assert matrix.tobytes() == blocks["c"][1].tobytes()
+        reader.put_vectors(*blocks["a"], model="drop")  # appended to the rewritten file
+        reader.flush()
+        found, matrix = writer.get_vector_rows(blocks["a"][0])
+        assert found.all() and matrix is not None and matrix.tobytes() == blocks["a"][1].tobytes()
+        writer.clear()
+        assert _vectors_file(store).stat().st_size == 0
+        assert not reader.get_vector_rows(blocks["c"][0])[0].any()
+
+
+def test_a_deleted_vectors_file_is_a_miss_then_stored_again(store: Path) -> None:
+    keys, block = keyed_block("v", 50, 3)
+    with ResponseCache(store) as cache:
+        cache.put_vectors(keys, block, model="m")
+        cache.flush()
+        _vectors_file(store).unlink()
+        assert not cache.get_vector_rows(keys)[0].any()
+        cache.put_vectors(keys, block, model="m")
+        cache.flush()
+    with ResponseCache(store, readonly=True) as again:
+        found, matrix = again.get_vector_rows(keys)
+    assert found.all() and matrix is not None and matrix.tobytes() == block.tobytes()
+
+
+def test_the_vectors_file_is_set_aside_with_its_database(store: Path) -> None:
+    keys, block = keyed_block("v", 50, 4)
+    with ResponseCache(store) as cache:
+        cache.put_vectors(keys, block, model="m")
+    with open(store, "r+b") as f:
+        f.truncate(store.stat().st_size // 2)
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        cache = ResponseCache(store)
+    assert not cache.get_vector_rows(keys)[0].any()
+    cache.close()
+    names = sorted(p.name for p in store.parent.iterdir())
+    assert any(n.startswith("cache.sqlite.corrupt-") and n.endswith("-vectors") for n in names)
+    assert "cache.sqlite-vectors" not in names
+
+
+def test_format_2_store_is_set_aside(store: Path) -> None:
+    """Format 2 kept the vectors in SQLite: moved to <name>.v2.bak, a new store built."""
+    conn = sqlite3.connect(store)
+    conn.execute(
+        "CREATE TABLE entries (key TEXT PRIMARY KEY NOT NULL, model TEXT, created REAL NOT NULL,"
+        " crc INTEGER NOT NULL, value BLOB NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE vector_blocks (id INTEGER PRIMARY KEY, model TEXT, dims INTEGER NOT NULL,"
+        " count INTEGER NOT NULL, created REAL NOT NULL, crc INTEGER NOT NULL,"
+        " keys BLOB NOT NULL, data BLOB NOT NULL)"
+    )
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    with pytest.warns(RuntimeWarning, match=r"older dfbatch \(format 2\).*\.v2\.bak"):
+        ResponseCache(store).close()
+    assert _set_aside(store, ".v2.bak")
 
 
 def test_format_1_store_is_set_aside(store: Path) -> None:

@@ -327,7 +327,8 @@ def parse_embeddings(response: Any, n_inputs: int) -> tuple[list[int], np.ndarra
         raws = [_decode_base64(v) for v in values]
         sizes = set(map(len, raws))
         if len(sizes) > 1:
-            raise ValueError(f"embeddings of different lengths in one response: {sorted(sizes)}")
+            lengths = sorted(size // 4 for size in sizes)
+            raise ValueError(f"embeddings of different lengths in one response: {lengths}")
         return positions, np.frombuffer(b"".join(raws), "<f4").reshape(len(raws), -1)
     vectors = [decode_vector(v) for v in values]
     dims = {v.shape[0] for v in vectors}

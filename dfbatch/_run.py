@@ -112,11 +112,34 @@ async def execute(
         progress.show(stats, stats.finished or 0.0, force=True)
     finally:
         progress.close()
+        release_freed_memory()
     figures = run_stats_summary(stats)
     figures["rows"] = total_rows
     figures["rows_failed"] = progress.failed
     figures["rows_from_cache"] = progress.cached
     return figures
+
+
+def release_freed_memory() -> bool:
+    """Give the heap a run freed back to the system; True if it could.
+
+    A run passes hundreds of MB through short-lived buffers (response bodies, their JSON
+    strings, decoded vectors). glibc keeps freed heap for reuse, so a notebook's memory would
+    stay that much above what the results hold (100,000 embeddings: +130 MB, 1.27x their size
+    instead of 1.05x); ``malloc_trim`` returns it, in ~10 ms. Elsewhere (macOS, musl, Windows)
+    it is a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
 
 
 def _now() -> float:

@@ -36,13 +36,10 @@ import datetime as dt
 import json
 import os
 import platform
-import select
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -51,83 +48,11 @@ BENCH = ROOT / "bench"
 PY = sys.executable
 MB = 1e6
 
-_tiktoken = ROOT.parent / "shared" / "tiktoken-cache"
-if _tiktoken.is_dir() and not os.environ.get("TIKTOKEN_CACHE_DIR"):
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(_tiktoken)
-os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(BENCH))
 
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class Sim:
-    """A fresh simulator process on 127.0.0.1; ``stats()`` reads GET /sim/stats."""
-
-    def __init__(self, tmp: Path, name: str, *flags: str) -> None:
-        self.flags = list(flags)
-        self.log_path = tmp / f"sim-{name}.log"
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [PY, "-m", "dfbatch.testing", "--port", "0", *self.flags],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            cwd=ROOT,
-        )
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 60)
-        line = self.proc.stdout.readline() if ready else ""
-        prefix = "dfbatch simulator listening on "
-        if not line.startswith(prefix):
-            self.close()
-            raise RuntimeError(f"simulator did not start: {line!r} (see {self.log_path})")
-        self.base_url = line[len(prefix) :].strip()
-        self.root = self.base_url.rsplit("/v1", 1)[0]
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.root + "/sim/stats", timeout=30) as resp:
-            data = json.load(resp)
-        data.pop("inputs", None)
-        return data
-
-    def cpu_seconds(self) -> float | None:
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
-
-    def __enter__(self) -> Sim:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def run_driver(cmd: list[str], tmp: Path, name: str, timeout: float) -> dict[str, Any]:
-    err_path = tmp / f"client-{name}.log"
-    with err_path.open("w") as err:
-        proc = subprocess.run(
-            cmd, stdout=subprocess.PIPE, stderr=err, text=True, timeout=timeout, cwd=ROOT
-        )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = err_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"driver {name} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(lines[-1])
+# The simulator process, the driver runner and the environment (TIKTOKEN_CACHE_DIR,
+# TQDM_DISABLE) are the engine benchmark's.
+from engine_bench import Sim, log, run_driver  # noqa: E402
 
 
 def embed_cmd(sim: Sim, rows: int, cache: str, profile: Path | None = None) -> list[str]:

@@ -28,15 +28,16 @@ from typing import Any
 from dfbatch import ApiConfig, Engine, Outcome, Request
 from dfbatch._constants import DEFAULT_MAX_IN_FLIGHT
 from dfbatch._engine import run_stats_summary
+from dfbatch._http import HttpTransport
 from dfbatch._tokens import estimate_request_tokens, load_encoding
-from dfbatch._transport import AiohttpTransport, RawResponse
+from dfbatch._transport import RawResponse, Transport
 
 
 class TimedTransport:
     """The engine's own transport, noting when sends start (time.monotonic, the clock the
     simulator stamps admissions with): the client's pace, apart from the server's."""
 
-    def __init__(self, inner: AiohttpTransport) -> None:
+    def __init__(self, inner: Transport) -> None:
         self.inner = inner
         self.count = 0
         self.first: float | None = None
@@ -92,7 +93,7 @@ def main() -> int:
     max_in_flight = args.max_in_flight or DEFAULT_MAX_IN_FLIGHT
     # The transport the engine would make itself, wrapped to time the sends. The engine closes
     # only a transport it made: go() closes this one.
-    transport = TimedTransport(AiohttpTransport(max_connections=max_in_flight))
+    transport = TimedTransport(HttpTransport())  # the engine's default transport
     engine = Engine(
         ApiConfig.resolve(base_url=args.base_url, api_key=args.api_key),
         rpm=args.rpm,

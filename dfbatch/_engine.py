@@ -25,9 +25,10 @@ import orjson
 from . import _constants as C
 from ._config import ApiConfig
 from ._errors import ConfigurationError, RunAbortedError
+from ._http import HttpTransport
 from ._limiter import Limiter, RateHeaders, Ticket
 from ._retry import Action, Verdict, backoff, classify_exception, classify_response
-from ._transport import AiohttpTransport, Transport, TransportError
+from ._transport import Transport, TransportError
 from ._types import ErrorInfo, Outcome, Request, RunStats
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class Engine:
             rpm=self.rpm, tpm=self.tpm, max_in_flight=self.max_in_flight, now=now
         )
         gate = _Gate(self.limiter, self._clock, self._sleep)
-        transport = self._transport or AiohttpTransport(max_connections=self.max_in_flight)
+        transport = self._transport or HttpTransport()
         headers = self.api.headers()
         # Requests pulled and not yet handed over: those in flight plus a queue at the gate.
         slots = asyncio.Semaphore(self.max_in_flight + int(self.max_in_flight * C.QUEUED_SHARE))

@@ -25,7 +25,7 @@ import orjson
 from . import _constants as C
 from ._config import ApiConfig
 from ._errors import ConfigurationError, RunAbortedError
-from ._http import HttpTransport
+from ._http import default_transport
 from ._limiter import Limiter, RateHeaders, Ticket
 from ._retry import Action, Verdict, backoff, classify_exception, classify_response
 from ._transport import Transport, TransportError
@@ -176,7 +176,9 @@ class Engine:
             rpm=self.rpm, tpm=self.tpm, max_in_flight=self.max_in_flight, now=now
         )
         gate = _Gate(self.limiter, self._clock, self._sleep)
-        transport = self._transport or HttpTransport()
+        transport = self._transport or default_transport(
+            self.api.base_url, max_connections=self.max_in_flight
+        )
         headers = self.api.headers()
         # Requests pulled and not yet handed over: those in flight plus a queue at the gate.
         slots = asyncio.Semaphore(self.max_in_flight + int(self.max_in_flight * C.QUEUED_SHARE))

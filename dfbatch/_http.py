@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import ssl
+import urllib.request
 from collections import deque
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -26,7 +28,7 @@ import httptools
 
 from . import _constants as C
 from ._errors import ConfigurationError
-from ._transport import RawResponse, TransportError
+from ._transport import AiohttpTransport, RawResponse, Transport, TransportError
 
 _Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -224,6 +226,29 @@ class HttpTransport:
                 conn.close()
         self._all.clear()
         self._idle.clear()
+
+
+def default_transport(base_url: str, *, max_connections: int) -> Transport:
+    """The transport a run uses when none is given: this lean one, or aiohttp's when the
+    environment sets a proxy for ``base_url`` (HTTPS_PROXY, ALL_PROXY..., unless NO_PROXY
+    exempts its host), which this one does not speak."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and not _is_loopback(host) and not urllib.request.proxy_bypass(host):
+        return AiohttpTransport(max_connections=max_connections, trust_env=True)
+    return HttpTransport()
+
+
+def _is_loopback(host: str) -> bool:
+    """A server on this machine (a simulator, a local vLLM) is never reached via a proxy."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _expire(waiter: asyncio.Future[RawResponse], timeout: float) -> None:

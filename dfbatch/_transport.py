@@ -42,15 +42,21 @@ class Transport(Protocol):
 
 
 class AiohttpTransport:
-    """One aiohttp session and connection pool for a whole run; connections are reused."""
+    """One aiohttp session and connection pool for a whole run; connections are reused.
+
+    ``trust_env=True`` honours HTTP(S)_PROXY / NO_PROXY and ~/.netrc, as the openai SDK does:
+    the engine picks this transport when a proxy is set for the server it talks to.
+    """
 
     def __init__(
         self,
         *,
         max_connections: int = C.DEFAULT_MAX_IN_FLIGHT,
         connect_timeout: float = C.DEFAULT_CONNECT_TIMEOUT,
+        trust_env: bool = False,
     ) -> None:
         self._max_connections = max_connections
+        self._trust_env = trust_env
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
         self._session_headers: Mapping[str, str] | None = None
@@ -72,6 +78,7 @@ class AiohttpTransport:
             headers=dict(headers),
             skip_auto_headers=("User-Agent",),
             cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=self._trust_env,
         )
 
     async def send(

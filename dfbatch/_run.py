@@ -112,7 +112,6 @@ async def execute(
         progress.show(stats, stats.finished or 0.0, force=True)
     finally:
         progress.close()
-        release_freed_memory()
     figures = run_stats_summary(stats)
     figures["rows"] = total_rows
     figures["rows_failed"] = progress.failed
@@ -121,12 +120,13 @@ async def execute(
 
 
 def release_freed_memory() -> bool:
-    """Give the heap a run freed back to the system; True if it could.
+    """Give the heap a call freed back to the system; True if it could. The accessor calls it
+    when its result is built, once the run's working data is gone.
 
     A run passes hundreds of MB through short-lived buffers (response bodies, their JSON
     strings, decoded vectors). glibc keeps freed heap for reuse, so a notebook's memory would
-    stay that much above what the results hold (100,000 embeddings: +130 MB, 1.27x their size
-    instead of 1.05x); ``malloc_trim`` returns it, in ~10 ms. Elsewhere (macOS, musl, Windows)
+    stay that much above what the results hold (100,000 embeddings: +130 MB, 1.2x their size
+    instead of 1.04x); ``malloc_trim`` returns it, in ~10 ms. Elsewhere (macOS, musl, Windows)
     it is a no-op.
     """
     if not sys.platform.startswith("linux"):

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from _vtime import run_virtual
 
-from dfbatch import ApiConfig, AuthenticationError, Engine, QuotaExceededError, Request
+from dfbatch import ApiConfig, AuthenticationError, Engine, Outcome, QuotaExceededError, Request
 from dfbatch import _constants as C
 from dfbatch._transport import MockTransport, RawResponse, TransportError
 
@@ -306,3 +306,33 @@ def test_high_rate_with_slow_answers_keeps_the_pace() -> None:
     assert len(out) == 10_000 and server.rejected == 0
     span = server.accepted[-1] - server.accepted[0]
     assert (len(server.accepted) - 1) / span / 500.0 >= 0.95
+
+
+def test_before_send_sees_each_send_and_nothing_runs_between_answer_and_outcome() -> None:
+    """``before_send(in_flight)`` comes once per request sent, below the cap; an answer's
+    ``on_outcome`` runs before any other send, so a front end that saves in batches can keep
+    answered-but-unsaved plus in flight within max_in_flight (the CLI's kill -9 bound)."""
+    cap = 4
+    unsaved = 0
+    worst = 0
+    sends: list[int] = []
+
+    async def slow(body: bytes) -> RawResponse:
+        await asyncio.sleep(0.1)
+        return ok(body)
+
+    def before_send(in_flight: int) -> None:
+        nonlocal unsaved, worst
+        sends.append(in_flight)
+        if unsaved + in_flight >= cap:
+            unsaved = 0  # "save" the batch
+        worst = max(worst, unsaved + in_flight + 1)
+
+    def on_outcome(outcome: Outcome) -> None:
+        nonlocal unsaved
+        unsaved += 1
+
+    engine = Engine(API, max_in_flight=cap, transport=MockTransport(lambda u, h, b: slow(b)))
+    stats = run_virtual(engine.run(requests(50), on_outcome, before_send=before_send))
+    assert len(sends) == stats.requests_sent == 50
+    assert max(sends) < cap and worst <= cap

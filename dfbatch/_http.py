@@ -20,6 +20,7 @@ import contextlib
 import ipaddress
 import ssl
 import urllib.request
+import zlib
 from collections import deque
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -102,6 +103,16 @@ class _Connection(asyncio.Protocol):
         self.reusable = keep and self.open
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.body = []  # the parser and this object hold each other: drop the bytes at once
+        coding = self.headers.get("content-encoding", "identity").strip().lower()
+        if coding in ("gzip", "x-gzip", "deflate"):  # sent despite "Accept-Encoding: identity"
+            try:
+                body = zlib.decompress(body, zlib.MAX_WBITS | 32 if "gzip" in coding else 15)
+            except zlib.error as exc:
+                self._fail(f"invalid {coding} answer: {exc}")
+                return
+        elif coding != "identity":
+            self._fail(f"the answer is {coding}-encoded, which dfbatch cannot read")
+            return
         waiter.set_result(RawResponse(self.parser.get_status_code(), self.headers, body))
 
     def _fail(self, message: str) -> None:
@@ -141,6 +152,9 @@ class HttpTransport:
                 for k, v in headers.items()
                 if k.lower() not in ("host", "content-length")
             )
+            if not any(k.lower() == "accept-encoding" for k in headers):
+                # Uncompressed: decompressing would cost the client more CPU than it saves.
+                lines += "Accept-Encoding: identity\r\n"
             block = self._header_block = (headers, lines.encode("latin-1"))
             self._targets.clear()
         cached = self._targets.get(url)

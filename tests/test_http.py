@@ -118,6 +118,25 @@ def test_chunked_and_close_delimited_answers_are_read_whole() -> None:
     run(main())
 
 
+def test_a_gzip_answer_sent_anyway_is_decompressed_and_brotli_refused() -> None:
+    import gzip
+
+    packed = gzip.compress(b'{"zipped": true}')
+
+    async def main() -> None:
+        extra = b"Content-Encoding: gzip\r\n"
+        server = ScriptedServer(ok(packed, extra=extra))
+        async with server as url:
+            raw = await HttpTransport().send(url, HEADERS, b"{}", 5)
+        assert raw.body == b'{"zipped": true}'
+        assert b"Accept-Encoding: identity\r\n" in server.requests[0]
+        async with ScriptedServer(ok(b"xx", extra=b"Content-Encoding: br\r\n")) as url:
+            with pytest.raises(TransportError, match="br-encoded"):
+                await HttpTransport().send(url, HEADERS, b"{}", 5)
+
+    run(main())
+
+
 def test_an_interim_100_continue_is_skipped() -> None:
     async def answer(_request: bytes) -> bytes:
         return b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"

@@ -91,19 +91,24 @@ class VectorFile:
         return offsets
 
     def read(self, offset: int, size: int) -> bytearray | None:
-        """``size`` bytes at ``offset``, or None when the file does not hold them all."""
-        f = self._current()
-        if f is None or offset < 0:
-            return None
-        out = bytearray(size)
-        view = memoryview(out)
-        f.seek(offset)
-        got = 0
-        while got < size:
-            n = f.readinto(view[got:])
-            if not n:
+        """``size`` bytes at ``offset``, or None when the file does not hold them all (or
+        cannot be read: a miss, like a damaged block)."""
+        try:
+            f = self._current()
+            if f is None or offset < 0:
                 return None
-            got += n
+            out = bytearray(size)
+            view = memoryview(out)
+            f.seek(offset)
+            got = 0
+            while got < size:
+                n = f.readinto(view[got:])
+                if not n:
+                    return None
+                got += n
+        except OSError as exc:
+            log.warning("response cache %s: cannot read its vectors (%s)", self.path, exc)
+            return None
         return out
 
     def truncate(self) -> None:

@@ -1117,3 +1117,15 @@ def test_json_value_is_stored_compactly(store: Path) -> None:
         cache.put("k", {"a": "東京"})
     value = sqlite3.connect(store).execute("SELECT value FROM entries").fetchone()[0]
     assert value == json.dumps({"a": "東京"}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def test_an_unreadable_vectors_file_is_a_miss_not_a_crash(store: Path) -> None:
+    keys, block = keyed_block("u", 10, 5)
+    with ResponseCache(store) as cache:
+        cache.put_vectors(keys, block, model="m")
+    vectors = _vectors_file(store)
+    vectors.unlink()
+    vectors.mkdir()  # opening it now fails with an OSError
+    with ResponseCache(store, readonly=True) as again:
+        found, matrix = again.get_vector_rows(keys)
+    assert not found.any() and matrix is None

@@ -52,7 +52,7 @@ sys.path.insert(0, str(BENCH))
 
 # The simulator process, the driver runner and the environment (TIKTOKEN_CACHE_DIR,
 # TQDM_DISABLE) are the engine benchmark's.
-from engine_bench import Sim, log, run_driver  # noqa: E402
+from engine_bench import Report, Sim, log, machine, run_driver  # noqa: E402
 
 
 def embed_cmd(sim: Sim, rows: int, cache: str, profile: Path | None = None) -> list[str]:
@@ -95,43 +95,12 @@ def others_running() -> list[str]:
     for pattern in (
         "engine_bench.py",
         "cli_bench.py",
-        "_cli_light.py",
         "_drive_dfbatch.py",
         "_drive_cookbook.py",
     ):
         r = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
         out += [f"{pattern} (pid {pid})" for pid in r.stdout.split()]
     return out
-
-
-def machine() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    return f"{platform.machine()} {model or platform.processor()}, {cores} cores ({usable} usable)"
-
-
-class Report:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.checks: list[dict[str, Any]] = []
-
-    def say(self, text: str = "") -> None:
-        self.lines.append(text)
-        print(text, flush=True)
-
-    def check(self, scenario: str, what: str, value: str, target: str, ok: bool) -> None:
-        self.checks.append(
-            {"scenario": scenario, "what": what, "value": value, "target": target, "pass": ok}
-        )
-        self.say(f"    {what:<46} {value:>18}   target {target:<12} {'PASS' if ok else 'FAIL'}")
 
 
 def describe_embed(rep: Report, label: str, c: dict[str, Any], server: dict[str, Any]) -> None:
@@ -231,7 +200,7 @@ def main() -> int:
     out_path = args.out or BENCH / "out" / (
         "accessor_bench_quick.json" if quick else "accessor_bench.json"
     )
-    rep = Report()
+    rep = Report(widths=(46, 18, 12))
     started = time.time()
     title = "dfbatch accessor benchmark"
     rep.say(title + (" (--quick: small counts; the targets are for the full run)" if quick else ""))

@@ -61,25 +61,7 @@ GNU_TIME = "/usr/bin/time"
 class CliSim(Sim):
     """engine_bench's simulator process, started as bench/_cli_sim.py."""
 
-    def __init__(self, tmp: Path, name: str, *flags: str) -> None:
-        self.flags = list(flags)
-        self.log_path = tmp / f"sim-{name}.log"
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [PY, str(BENCH / "_cli_sim.py"), "--port", "0", *self.flags],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            cwd=ROOT,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        prefix = "dfbatch simulator listening on "
-        if not line.startswith(prefix):
-            self.close()
-            raise RuntimeError(f"simulator did not start: {line!r} (see {self.log_path})")
-        self.base_url = line[len(prefix) :].strip()
-        self.root = self.base_url.rsplit("/v1", 1)[0]
+    launcher = (str(BENCH / "_cli_sim.py"),)
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -98,6 +98,9 @@ def write_requests(path: Path, n: int) -> Path:
 class Sim:
     """A fresh simulator process on 127.0.0.1; ``stats()`` reads GET /sim/stats."""
 
+    #: How the process is started (after the interpreter); a subclass may name another file.
+    launcher: tuple[str, ...] = ("-m", "dfbatch.testing")
+
     def __init__(self, tmp: Path, name: str, *flags: str) -> None:
         self.flags = list(flags)
         self.log_path = tmp / f"sim-{name}.log"
@@ -107,8 +110,7 @@ class Sim:
         self.proc = subprocess.Popen(
             [
                 PY,
-                "-m",
-                "dfbatch.testing",
+                *self.launcher,
                 "--port",
                 "0",
                 "--stats-file",
@@ -298,7 +300,11 @@ def figures(run: dict[str, Any], limit_rpm: float | None) -> dict[str, Any]:
 
 
 class Report:
-    def __init__(self) -> None:
+    """Lines printed as they come, and the checks with their targets; ``widths`` are those
+    of a check line's what, value and target columns."""
+
+    def __init__(self, widths: tuple[int, int, int] = (44, 16, 14)) -> None:
+        self.widths = widths
         self.lines: list[str] = []
         self.checks: list[dict[str, Any]] = []
 
@@ -310,7 +316,9 @@ class Report:
         self.checks.append(
             {"scenario": scenario, "what": what, "value": value, "target": target, "pass": ok}
         )
-        self.say(f"    {what:<44} {value:>16}   target {target:<14} {'PASS' if ok else 'FAIL'}")
+        w_what, w_value, w_target = self.widths
+        verdict = "PASS" if ok else "FAIL"
+        self.say(f"    {what:<{w_what}} {value:>{w_value}}   target {target:<{w_target}} {verdict}")
 
 
 def scenario_error(rep: Report, scenario: str, exc: BaseException) -> None:

@@ -19,12 +19,8 @@ import dfbatch  # noqa: F401  (registers df.llm)
 from dfbatch._cli import main
 from dfbatch.testing import Simulator
 
-
-@pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("DFBATCH_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+# A cache of its own per test, and no key or base URL from the environment.
+pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 @pytest.fixture(scope="module")

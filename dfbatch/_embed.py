@@ -142,11 +142,7 @@ class EmbedJob:
         block = self.block
         if matrix.shape[1] != block.shape[1]:
             return f"vectors of {matrix.shape[1]} dimensions where others had {block.shape[1]}"
-        first = us[0]
-        if us == list(range(first, first + len(us))):  # a fresh run: responses in order
-            block[first : first + len(us)] = matrix
-        else:
-            block[us] = matrix
+        block[_lines(us)] = matrix
         self.have[us] = True  # type: ignore[index]
         return None
 
@@ -233,10 +229,7 @@ class EmbedJob:
         run), else a copy. Those lines are never written again, so the cache may keep it."""
         block = self.block
         assert block is not None
-        first = us[0]
-        if us == list(range(first, first + len(us))):
-            return block[first : first + len(us)]
-        return block[us]
+        return block[_lines(us)]
 
     def _fail(self, batch: list[int], message: str) -> None:
         for u in batch:
@@ -270,6 +263,15 @@ class EmbedJob:
             for pos in rows:
                 out[pos] = self.tokens[u]
         return out
+
+
+def _lines(us: list[int]) -> slice | list[int]:
+    """How to index the block's lines ``us``: a slice when they are consecutive (a fresh run,
+    responses in order: one plain copy, or a view), else the list itself."""
+    first = us[0]
+    if us == list(range(first, first + len(us))):
+        return slice(first, first + len(us))
+    return us
 
 
 def _new_block(rows: int, dims: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 import dfbatch  # noqa: F401  (registers .llm)
-from dfbatch._tokens import encoding_name_for_model, load_encoding
+from dfbatch.engine.tokens import encoding_name_for_model, load_encoding
 from dfbatch.testing import expected_content
 
 MODEL = "gpt-4o-mini"

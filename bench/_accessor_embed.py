@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 import dfbatch  # noqa: F401  (registers .llm)
-from dfbatch._tokens import encoding_name_for_model, load_encoding
+from dfbatch.engine.tokens import encoding_name_for_model, load_encoding
 from dfbatch.testing import expected_embeddings
 
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -23,8 +23,13 @@ from typing import Any
 import pandas as pd
 
 import dfbatch  # noqa: F401  (registers .llm)
-from dfbatch import _cache, _embed, _engine, _frames, _retry, _run
-from dfbatch._tokens import encoding_name_for_model, load_encoding
+from dfbatch.cache import store as _cache
+from dfbatch.engine import core as _engine
+from dfbatch.engine import retry as _retry
+from dfbatch.engine.tokens import encoding_name_for_model, load_encoding
+from dfbatch.frames import columns as _frames
+from dfbatch.jobs import embed as _embed
+from dfbatch.jobs import run as _run
 
 MODEL = "text-embedding-3-small"
 TIMES: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])  # wall, cpu, calls

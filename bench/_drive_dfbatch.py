@@ -26,11 +26,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from dfbatch import ApiConfig, Engine, Outcome, Request
-from dfbatch._constants import DEFAULT_MAX_IN_FLIGHT
-from dfbatch._engine import run_stats_summary
-from dfbatch._http import HttpTransport
-from dfbatch._tokens import estimate_request_tokens, load_encoding
-from dfbatch._transport import RawResponse, Transport
+from dfbatch.engine.constants import DEFAULT_MAX_IN_FLIGHT
+from dfbatch.engine.core import run_stats_summary
+from dfbatch.engine.http_client import HttpTransport
+from dfbatch.engine.tokens import estimate_request_tokens, load_encoding
+from dfbatch.engine.transport import RawResponse, Transport
 
 
 class TimedTransport:

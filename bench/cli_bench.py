@@ -252,7 +252,7 @@ def rss_run(tmp: Path, name: str, requests: Path, n: int, launcher: list[str]) -
 
 def run_imports_pandas() -> bool:
     """Whether the command line's process would load pandas (it should not: ~95 MB with pyarrow)."""
-    code = "import sys, dfbatch._cli, dfbatch._cli_run; print('pandas' in sys.modules)"
+    code = "import sys, dfbatch.cli.main, dfbatch.cli.run; print('pandas' in sys.modules)"
     return subprocess.run([PY, "-c", code], capture_output=True, text=True).stdout.strip() == "True"
 
 

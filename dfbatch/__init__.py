@@ -1,5 +1,10 @@
 """dfbatch: push DataFrames through the OpenAI API as fast as the rate limits allow.
 
+The public API is what ``__all__`` lists here, the ``.llm`` accessors, ``dfbatch.testing`` and
+the ``dfbatch`` command. The subpackages are the rooms of the house, in the order the data goes:
+``frames`` and ``cli`` (front ends) -> ``jobs`` (rows to requests, outcomes to values) ->
+``cache`` (answers paid for) -> ``engine`` (limiter, retry policy, transport).
+
 >>> import dfbatch                                            # doctest: +SKIP
 >>> df.llm.embed("text")                                      # doctest: +SKIP
 """
@@ -8,10 +13,9 @@ from __future__ import annotations
 
 import logging
 
-from ._accessor_hook import register_accessor_with_pandas
-from ._config import ApiConfig
-from ._engine import Engine
-from ._errors import (
+from .engine.config import ApiConfig
+from .engine.core import Engine
+from .engine.errors import (
     AuthenticationError,
     ConfigurationError,
     DfbatchError,
@@ -20,7 +24,8 @@ from ._errors import (
     RowsFailedError,
     RunAbortedError,
 )
-from ._types import ErrorInfo, Outcome, Request, RunStats
+from .engine.types import ErrorInfo, Outcome, Request, RunStats
+from .frames.hook import register_accessor_with_pandas
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 register_accessor_with_pandas()

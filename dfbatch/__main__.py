@@ -1,5 +1,5 @@
 """``python -m dfbatch``: the same as the ``dfbatch`` command."""
 
-from ._cli import main
+from .cli.main import main
 
 raise SystemExit(main())

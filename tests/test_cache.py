@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 
 from dfbatch import ApiConfig, ConfigurationError
-from dfbatch import _constants as C
-from dfbatch._cache import (
+from dfbatch.cache.store import (
     APPLICATION_ID,
     SCHEMA_VERSION,
     ResponseCache,
@@ -31,6 +30,7 @@ from dfbatch._cache import (
     parse_age,
     request_key,
 )
+from dfbatch.engine import constants as C
 
 BODY = {
     "model": "gpt-4o-mini",
@@ -989,7 +989,7 @@ def test_parse_age_refuses_bad_text(text: str) -> None:
 
 WRITER = """
     import sys
-    from dfbatch._cache import ResponseCache
+    from dfbatch.cache.store import ResponseCache
     cache = ResponseCache(sys.argv[1], flush_interval=0.0)
     print("ready", flush=True)
     for i in range(int(sys.argv[2]), int(sys.argv[3])):
@@ -1021,7 +1021,7 @@ def test_two_processes_write_one_store_at_once(store: Path) -> None:
 
 KILLED = """
     import sys, time
-    from dfbatch._cache import ResponseCache
+    from dfbatch.cache.store import ResponseCache
     cache = ResponseCache(sys.argv[1], flush_interval=0.02)
     i = 0
     while True:
@@ -1070,7 +1070,7 @@ def test_writes_wait_for_another_writer(store: Path) -> None:
         proc = child(
             """
             import sys, time
-            from dfbatch._cache import ResponseCache
+            from dfbatch.cache.store import ResponseCache
             with ResponseCache(sys.argv[1]) as c:
                 print("ready", flush=True)
                 t = time.monotonic(); c.put("k", 1); c.flush()

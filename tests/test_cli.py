@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfbatch._cli import main
+from dfbatch.cli.main import main
 from dfbatch.testing import Simulator, expected_embedding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,7 +317,7 @@ def test_sink_keeps_at_most_window_lines_ahead_of_the_oldest_unwritten() -> None
     import asyncio
     import io
 
-    from dfbatch._cli_sink import Sink
+    from dfbatch.cli.sink import Sink
 
     async def scenario() -> list[bytes]:
         buf = io.BytesIO()

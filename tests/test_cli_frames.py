@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import dfbatch  # noqa: F401  (registers df.llm)
-from dfbatch._cli import main
+from dfbatch.cli.main import main
 from dfbatch.testing import Simulator
 
 # A cache of its own per test, and no key or base URL from the environment.

@@ -7,8 +7,8 @@ import base64
 import numpy as np
 import pytest
 
-from dfbatch._embed import EmbedJob, decode_vector, parse_embeddings
-from dfbatch._types import Outcome, Request
+from dfbatch.engine.types import Outcome, Request
+from dfbatch.jobs.embed import EmbedJob, decode_vector, parse_embeddings
 
 
 def b64(vector: np.ndarray) -> str:

@@ -12,8 +12,8 @@ import pytest
 from _vtime import run_virtual
 
 from dfbatch import ApiConfig, AuthenticationError, Engine, Outcome, QuotaExceededError, Request
-from dfbatch import _constants as C
-from dfbatch._transport import MockTransport, RawResponse, TransportError
+from dfbatch.engine import constants as C
+from dfbatch.engine.transport import MockTransport, RawResponse, TransportError
 
 API = ApiConfig.resolve(base_url="http://test/v1", api_key="sk-test-secret")
 

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from dfbatch import ConfigurationError
-from dfbatch._http import HttpTransport, default_transport
-from dfbatch._transport import AiohttpTransport, TransportError
+from dfbatch.engine.http_client import HttpTransport, default_transport
+from dfbatch.engine.transport import AiohttpTransport, TransportError
 
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-test"}
 Answer = Callable[[bytes], Awaitable[bytes | None]]  # request head+body -> bytes to send back

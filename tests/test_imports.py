@@ -50,7 +50,7 @@ def test_dfbatch_run_never_loads_pandas_or_pyarrow(tmp_path) -> None:  # type: i
     with Simulator() as sim:
         printed = python(
             "import sys\n"
-            "from dfbatch._cli import main\n"
+            "from dfbatch.cli.main import main\n"
             f"rc = main(['run', {str(requests)!r}, '-o', {str(out)!r}, '--no-progress',"
             f" '--url', {sim.base_url + '/embeddings'!r}])\n"
             "print(rc, [m for m in ('pandas', 'pyarrow') if m in sys.modules])\n",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dfbatch import _constants as C
-from dfbatch._limiter import Budget, Limiter, RateHeaders, parse_duration
+from dfbatch.engine import constants as C
+from dfbatch.engine.limiter import Budget, Limiter, RateHeaders, parse_duration
 
 
 def drive(lim: Limiter, n: int, *, tokens: int = 1, now: float = 0.0) -> list[float]:

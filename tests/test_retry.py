@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from dfbatch._errors import AuthenticationError, ModelNotFoundError, QuotaExceededError
-from dfbatch._retry import Action, backoff, classify_exception, classify_response
-from dfbatch._retry import retry_after_seconds as ra
+from dfbatch.engine.errors import AuthenticationError, ModelNotFoundError, QuotaExceededError
+from dfbatch.engine.retry import Action, backoff, classify_exception, classify_response
+from dfbatch.engine.retry import retry_after_seconds as ra
 
 
 def err(message: str, code: str | None = None, type_: str | None = None) -> bytes:

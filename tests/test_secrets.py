@@ -10,7 +10,7 @@ import pytest
 
 import dfbatch
 from dfbatch import AuthenticationError, QuotaExceededError
-from dfbatch._run import RunOptions
+from dfbatch.jobs.run import RunOptions
 from dfbatch.testing import Faults, Simulator
 
 KEY = "sk-proj-SENTINEL0123456789abcdefSECRET"

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import tiktoken
 
-from dfbatch import _tokens
-from dfbatch._constants import (
+from dfbatch.engine import tokens as _tokens
+from dfbatch.engine.constants import (
     CHARS_PER_TOKEN_FALLBACK,
     COMPLETIONS_DEFAULT_MAX_TOKENS,
     DEFAULT_COMPLETION_TOKENS,
     NON_TEXT_PART_TOKENS,
 )
-from dfbatch._tokens import (
+from dfbatch.engine.tokens import (
     chat_prompt_tokens,
     count_text,
     count_texts,

@@ -25,10 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import _constants as C
-from ._cache_vector_file import SUFFIX as VECTORS_SUFFIX
-from ._cache_vector_file import VectorFile, vectors_path
-from ._errors import ConfigurationError
+from ..engine import constants as C
+from ..engine.errors import ConfigurationError
+from .vector_file import SUFFIX as VECTORS_SUFFIX
+from .vector_file import VectorFile, vectors_path
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ._errors import ConfigurationError
+from ..engine.errors import ConfigurationError
 
 _FILE_NAME = "cache.sqlite"
 _AGE_UNITS = {"s": 1.0, "m": 60.0, "h": 3_600.0, "d": 86_400.0, "w": 604_800.0}

@@ -57,16 +57,17 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from . import _constants as C
-from ._cache_file import APPLICATION_ID, SCHEMA_VERSION, Db, file_size
-from ._cache_keys import (
+from ..engine import constants as C
+from ..engine.errors import ConfigurationError
+from .db import APPLICATION_ID, SCHEMA_VERSION, Db, file_size
+from .keys import (
     default_cache_path,
     embedding_digests,
     embedding_key,
     parse_age,
     request_key,
 )
-from ._cache_vectors import (
+from .vectors import (
     Group,
     PendingVectors,
     StoredKeys,
@@ -76,7 +77,6 @@ from ._cache_vectors import (
     vector_groups,
     write_blocks,
 )
-from ._errors import ConfigurationError
 
 __all__ = [
     "APPLICATION_ID",

@@ -38,7 +38,7 @@ try:  # the same crc32 with SIMD: 0.07 s instead of 0.21 s for 600 MB of vectors
 except ImportError:  # no wheel for this platform
     from zlib import crc32
 
-from ._cache_vector_file import VectorFile
+from .vector_file import VectorFile
 
 KEY_BYTES = 32  # a stored key: the raw sha256 digest
 _KEY_SALT = b"dfbatch-key\0"  # keys that are not digests are hashed with this first

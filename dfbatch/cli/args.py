@@ -1,4 +1,4 @@
-"""The command line's parsers: one per command, options grouped, examples in each epilog.
+"""The parsers of ``dfbatch run`` and ``dfbatch cache``, and the options every command shares.
 
 ``dfbatch run`` takes the OpenAI cookbook script's flags verbatim (``--requests_filepath``,
 ``--max_requests_per_minute`` ...) beside short spellings (``IN``, ``--rpm`` ...), with the same
@@ -11,8 +11,8 @@ import argparse
 import logging
 from typing import Any
 
-from . import _constants as C
-from ._cli_help import RUN_EPILOG
+from ..engine import constants as C
+from .help import RUN_EPILOG
 
 FORMATS = ("parquet", "csv", "jsonl")
 
@@ -136,7 +136,7 @@ def common_options(p: argparse.ArgumentParser, *, cookbook: bool) -> None:
     )
 
 
-def _run_parser(sub: Any) -> None:
+def run_parser(sub: Any) -> None:
     p = sub.add_parser(
         "run",
         formatter_class=formatter,
@@ -189,7 +189,7 @@ def _run_parser(sub: Any) -> None:
     common_options(p, cookbook=True)
 
 
-def _cache_parser(sub: Any) -> None:
+def cache_parser(sub: Any) -> None:
     p = sub.add_parser(
         "cache",
         formatter_class=formatter,
@@ -228,25 +228,3 @@ def _cache_parser(sub: Any) -> None:
             metavar="LEVEL",
             help=argparse.SUPPRESS,
         )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from ._cli_args_frames import complete_parser, embed_parser
-
-    p = argparse.ArgumentParser(
-        prog="dfbatch",
-        formatter_class=formatter,
-        description="Push JSONL request files and tables through the OpenAI API (or a\n"
-        "compatible server) as fast as the rate limits allow, never above them.",
-        epilog="run 'dfbatch COMMAND --help' for a command's options.\n"
-        "cookbook users: 'dfbatch --requests_filepath ...' is 'dfbatch run --requests_filepath "
-        "...'.",
-    )
-    p.add_argument("--version", action="version", version=f"dfbatch {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _run_parser(sub)
-    embed_parser(sub)
-    complete_parser(sub)
-    _cache_parser(sub)
-    return p

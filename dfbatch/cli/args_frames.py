@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import _constants as C
-from ._cli_args import FORMATS, common_options, formatter, positive
-from ._cli_help import COMPLETE_EXAMPLES, EMBED_EXAMPLES, EXIT_STATUS, FRAME_EPILOG
+from ..engine import constants as C
+from .args import FORMATS, common_options, formatter, positive
+from .help import COMPLETE_EXAMPLES, EMBED_EXAMPLES, EXIT_STATUS, FRAME_EPILOG
 
 
 def _frame_parser(sub: Any, name: str, **kw: Any) -> argparse.ArgumentParser:

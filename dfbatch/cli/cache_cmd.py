@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._cache import ResponseCache, default_cache_path, parse_age
+from ..cache.store import ResponseCache, default_cache_path, parse_age
 
 
 def _size(n: float) -> str:

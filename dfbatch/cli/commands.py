@@ -1,8 +1,8 @@
 """The commands behind the parsers: arguments -> a job -> run it -> what to print and exit with.
 
 Only here are argparse values turned into the library's vocabulary (``rpm``, ``tpm``,
-``max_attempts``, ``cache``, ``progress``); the jobs themselves live in ``_cli_run``,
-``_cli_frames`` and ``_cli_cache``, and import pandas only when a table is read.
+``max_attempts``, ``cache``, ``progress``); the jobs themselves live in ``cli.run``,
+``cli.frames`` and ``cli.cache_cmd``, and import pandas only when a table is read.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._errors import ConfigurationError
-from ._sync import run_sync
+from ..engine.errors import ConfigurationError
+from ..jobs.sync import run_sync
 
-log = logging.getLogger("dfbatch._cli")
+log = logging.getLogger(__name__)
 
 
 def api_key(args: argparse.Namespace) -> str | None:
@@ -47,8 +47,9 @@ def _say(text: str, level: int) -> None:
 
 
 def _do_run(args: argparse.Namespace) -> int:
-    from ._cli_run import RunJob, run_job
-    from ._config import ApiConfig
+    from ..engine.config import ApiConfig
+    from .job import RunJob
+    from .run import run_job
 
     given = [x for x in (args.input, args.requests_filepath) if x]
     if not given:
@@ -106,8 +107,8 @@ def _resolve_api(api_config: Any, url: str, key: str | None) -> Any:
 
 
 def _frame_job(args: argparse.Namespace) -> Any:
-    from ._cli_frames import FrameJob
-    from ._cli_tables import field_types
+    from .frames import FrameJob
+    from .tables import field_types
 
     run_options = {
         "base_url": args.base_url,
@@ -176,16 +177,16 @@ def _read_schema(path: str) -> dict[str, Any]:
 
 
 def _do_frames(args: argparse.Namespace) -> int:
-    from ._cli_frames import run_frames
+    from .frames import run_frames
 
     job = _frame_job(args)
     if job.run_options["progress"]:
         # The accessor prints each chunk's summary under its bar; do not log it twice.
-        logging.getLogger("dfbatch._run").setLevel(logging.WARNING)
+        logging.getLogger("dfbatch.jobs.run").setLevel(logging.WARNING)
     try:
         result = run_sync(lambda: run_frames(job))
     finally:
-        logging.getLogger("dfbatch._run").setLevel(logging.NOTSET)
+        logging.getLogger("dfbatch.jobs.run").setLevel(logging.NOTSET)
     _say(result.summary, args.log_level)
     if result.failed and args.log_level > logging.INFO:
         log.warning(
@@ -199,7 +200,7 @@ def _do_frames(args: argparse.Namespace) -> int:
 
 
 def _do_cache(args: argparse.Namespace) -> int:
-    from ._cli_cache import cache_clear, cache_info
+    from .cache_cmd import cache_clear, cache_info
 
     path = Path(args.cache).expanduser() if args.cache else None
     if args.action == "info":

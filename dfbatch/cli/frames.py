@@ -26,10 +26,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import _accessor  # noqa: F401  (registers df.llm, used on every chunk)
-from ._chat import check_template
-from ._cli_tables import Source, detect_format, text_lists, texts, typed, vectors, with_columns
-from ._errors import ConfigurationError
+from ..engine.errors import ConfigurationError
+from ..frames import accessor as _accessor  # noqa: F401  (registers df.llm, used on every chunk)
+from ..jobs.chat import check_template
+from .tables import Source, detect_format, text_lists, texts, typed, vectors, with_columns
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ async def run_frames(job: FrameJob) -> FrameResult:
             with contextlib.suppress(OSError):
                 partial.unlink()
     os.replace(partial, job.output)
-    from ._progress import format_summary
+    from ..jobs.progress import format_summary
 
     summary = format_summary(figures, rows=rows, failed=failed, cached=cached)
     summary = summary.replace("dfbatch:", f"dfbatch {job.command}:", 1)
@@ -238,6 +238,6 @@ async def run_frames(job: FrameJob) -> FrameResult:
 def _open_cache(cache: Any) -> Any:
     if cache is False:
         return False
-    from ._cache import ResponseCache
+    from ..cache.store import ResponseCache
 
     return ResponseCache(None if cache is True else cache)

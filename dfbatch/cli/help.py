@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import _constants as C
+from ..engine import constants as C
 
 EXIT_STATUS = """\
 exit status:

@@ -21,8 +21,8 @@ from hashlib import blake2b
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._cache import request_key
-from ._types import ErrorInfo
+from ..cache.store import request_key
+from ..engine.types import ErrorInfo
 
 #: The error code of a line that was not sent because it cannot be a request.
 INVALID_LINE = "invalid_request_line"

@@ -1,9 +1,9 @@
 """The ``dfbatch`` command line: ``run``, ``embed``, ``complete`` and ``cache``.
 
-    dfbatch run IN [-o OUT] [--url URL] [--rpm N] [--tpm N] ...    (see _cli_run)
-    dfbatch embed IN OUT --column C [--model M] ...                 (see _cli_frames)
-    dfbatch complete IN OUT --prompt "... {col} ..." ...            (see _cli_frames)
-    dfbatch cache info | clear [--model M] [--older-than 7d]        (see _cli_cache)
+    dfbatch run IN [-o OUT] [--url URL] [--rpm N] [--tpm N] ...    (see cli.run)
+    dfbatch embed IN OUT --column C [--model M] ...                 (see cli.frames)
+    dfbatch complete IN OUT --prompt "... {col} ..." ...            (see cli.frames)
+    dfbatch cache info | clear [--model M] [--older-than 7d]        (see cli.cache_cmd)
 
 This module only parses arguments, configures logging (the library never does) and maps
 what happened to an exit status: 0 all succeeded, 1 some lines or rows failed, 2 bad
@@ -23,9 +23,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ._cli_args import build_parser
-from ._cli_commands import COMMANDS, api_key
-from ._errors import ConfigurationError, DfbatchError, RunAbortedError
+from ..engine.errors import ConfigurationError, DfbatchError, RunAbortedError
+from .commands import COMMANDS, api_key
+from .parser import build_parser
 
 log = logging.getLogger(__name__)
 

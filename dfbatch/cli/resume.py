@@ -21,17 +21,15 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 import numpy as np
 
-from ._cli_lines import Line, line_identity, parse_line, read_head, result_identity
-from ._errors import ConfigurationError
+from ..engine.errors import ConfigurationError
+from .job import RunJob
+from .lines import Line, line_identity, parse_line, read_head, result_identity
 
-if TYPE_CHECKING:
-    from ._cli_run import RunJob
-
-log = logging.getLogger("dfbatch._cli_run")
+log = logging.getLogger("dfbatch.cli.run")
 
 _BLOCK = 1 << 20
 #: Output lines compared with the input on an ordered resume, besides the last one.

@@ -13,7 +13,7 @@ written as an error, so the wait is bounded. ``--unordered`` writes each result 
 
 Every answer goes to the response cache as it arrives (flushed every fraction of a second),
 and each line is looked up there before it is sent: after a crash or kill -9, rerunning the
-same command sends only what has no answer yet (see ``_cli_resume`` for the results file).
+same command sends only what has no answer yet (see ``cli.resume`` for the results file).
 """
 
 from __future__ import annotations
@@ -23,41 +23,20 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
-from . import _constants as C
-from ._cli_lines import Line, encode, error_line, parse_line, result_line
-from ._cli_resume import Plan, count_requests, open_output, output_is_input, plan_resume
-from ._cli_sink import Sink
-from ._config import ApiConfig
-from ._engine import Engine, run_stats_summary
-from ._errors import ConfigurationError
-from ._progress import Progress, format_summary
-from ._tokens import estimate_request_tokens
-from ._types import ErrorInfo, Outcome, Request
+from ..engine import constants as C
+from ..engine.core import Engine, run_stats_summary
+from ..engine.errors import ConfigurationError
+from ..engine.tokens import estimate_request_tokens
+from ..engine.types import ErrorInfo, Outcome, Request
+from ..jobs.progress import Progress, format_summary
+from .job import RunJob
+from .lines import Line, encode, error_line, parse_line, result_line
+from .resume import Plan, count_requests, open_output, output_is_input, plan_resume
+from .sink import Sink
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, repr=False)
-class RunJob:
-    """Everything ``dfbatch run`` was asked to do (the key is inside ``api``, a Secret)."""
-
-    requests: Path
-    output: Path
-    url: str
-    api: ApiConfig
-    rpm: float | None
-    tpm: float | None
-    encoding: str | None
-    max_attempts: int
-    max_in_flight: int
-    timeout: float
-    cache: Path | bool  # a path, True (the default store) or False
-    ordered: bool
-    progress: bool
-    overwrite: bool
 
 
 @dataclass(slots=True)
@@ -255,7 +234,7 @@ def _store(cache: Any, line: Line, response: Any, text: str) -> None:
 def _open_cache(job: RunJob) -> Any:
     if job.cache is False:
         return None
-    from ._cache import ResponseCache
+    from ..cache.store import ResponseCache
 
     cache = ResponseCache(
         None if job.cache is True else job.cache, flush_interval=C.CLI_CACHE_FLUSH_INTERVAL

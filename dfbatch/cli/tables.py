@@ -20,8 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._cli_resume import count_lines
-from ._errors import ConfigurationError
+from ..engine.errors import ConfigurationError
+from .resume import count_lines
 
 FORMATS = ("parquet", "csv", "jsonl")
 _EXTENSIONS = {

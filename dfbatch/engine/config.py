@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from . import _constants as C
-from ._errors import ConfigurationError
+from . import constants as C
+from .errors import ConfigurationError
 
 
 class Secret:

@@ -22,14 +22,14 @@ from typing import Any
 
 import orjson
 
-from . import _constants as C
-from ._config import ApiConfig
-from ._errors import ConfigurationError, RunAbortedError
-from ._http import default_transport
-from ._limiter import Limiter, RateHeaders, Ticket
-from ._retry import Action, Verdict, backoff, classify_exception, classify_response
-from ._transport import Transport, TransportError
-from ._types import ErrorInfo, Outcome, Request, RunStats
+from . import constants as C
+from .config import ApiConfig
+from .errors import ConfigurationError, RunAbortedError
+from .http_client import default_transport
+from .limiter import Limiter, RateHeaders, Ticket
+from .retry import Action, Verdict, backoff, classify_exception, classify_response
+from .transport import Transport, TransportError
+from .types import ErrorInfo, Outcome, Request, RunStats
 
 log = logging.getLogger(__name__)
 

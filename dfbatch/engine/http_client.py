@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from . import _constants as C
-from ._errors import ConfigurationError
-from ._transport import AiohttpTransport, RawResponse, Transport, TransportError
+from . import constants as C
+from .errors import ConfigurationError
+from .transport import AiohttpTransport, RawResponse, Transport, TransportError
 
 _Origin = tuple[str, str, int]  # scheme, host, port
 

@@ -36,9 +36,9 @@ from typing import Any
 
 import msgspec
 
-from . import _constants as C
-from ._errors import AuthenticationError, ModelNotFoundError, QuotaExceededError, RunAbortedError
-from ._types import ErrorInfo
+from . import constants as C
+from .errors import AuthenticationError, ModelNotFoundError, QuotaExceededError, RunAbortedError
+from .types import ErrorInfo
 
 QUOTA_CODES = frozenset(
     {

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from dfbatch._constants import (
+from .constants import (
     CHARS_PER_TOKEN_FALLBACK,
     CHAT_REPLY_PRIMING_TOKENS,
     CHAT_TOKENS_PER_MESSAGE,

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import aiohttp
 
-from . import _constants as C
+from . import constants as C
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,11 +11,11 @@ from typing import Any, Unpack
 
 import pandas as pd
 
-from ._chat import Prompt
-from ._frames import complete_frame, embed_values
-from ._options import RunKwargs
-from ._run import RunOptions, release_freed_memory
-from ._sync import run_sync
+from ..jobs.chat import Prompt
+from ..jobs.options import RunKwargs
+from ..jobs.run import RunOptions, release_freed_memory
+from ..jobs.sync import run_sync
+from .columns import complete_frame, embed_values
 
 DEFAULT_EMBED_MODEL = "text-embedding-3-small"
 DEFAULT_CHAT_MODEL = "gpt-4o-mini"
@@ -235,14 +235,14 @@ class LlmSeriesAccessor:
 
 
 def _missing_column(column: Any, columns: pd.Index) -> Exception:
-    from ._errors import ConfigurationError
+    from ..engine.errors import ConfigurationError
 
     shown = ", ".join(repr(c) for c in list(columns)[:20])
     return ConfigurationError(f"no column {column!r} in the DataFrame (columns: {shown})")
 
 
 def _bad_column(message: str) -> Exception:
-    from ._errors import ConfigurationError
+    from ..engine.errors import ConfigurationError
 
     return ConfigurationError(message)
 

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import _chat
-from ._cache import request_key
-from ._embed import EmbedJob, failed_on_format
-from ._errors import ConfigurationError, RowsFailedError
-from ._progress import format_summary
-from ._run import RunOptions, execute, report
-from ._tokens import estimate_request_tokens
-from ._types import Outcome, Request
+from ..cache.store import request_key
+from ..engine.errors import ConfigurationError, RowsFailedError
+from ..engine.tokens import estimate_request_tokens
+from ..engine.types import Outcome, Request
+from ..jobs import chat as _chat
+from ..jobs.embed import EmbedJob, failed_on_format
+from ..jobs.progress import format_summary
+from ..jobs.run import RunOptions, execute, report
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ _lock = threading.Lock()
 
 def _register() -> None:
     try:
-        from . import _accessor  # noqa: F401  (its import registers the accessors)
+        from . import accessor  # noqa: F401  (its import registers the accessors)
     except Exception as exc:  # a dfbatch bug must not break the user's `import pandas`
         warnings.warn(f"dfbatch could not register df.llm: {exc!r}", RuntimeWarning, stacklevel=2)
 

@@ -13,7 +13,7 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._errors import ConfigurationError
+from ..engine.errors import ConfigurationError
 
 ENDPOINT = "/chat/completions"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import binascii
 import mmap
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,10 +19,10 @@ from typing import Any
 import numpy as np
 import pybase64
 
-from . import _constants as C
-from ._cache import embedding_digests
-from ._tokens import count_texts, encoding_name_for_model, load_encoding
-from ._types import ErrorInfo, Outcome, Request
+from ..cache.store import embedding_digests
+from ..engine import constants as C
+from ..engine.tokens import count_texts, encoding_name_for_model, load_encoding
+from ..engine.types import ErrorInfo, Outcome, Request
 
 ENDPOINT = "/embeddings"
 
@@ -38,10 +39,10 @@ def skip_reason(value: Any) -> str | None:
 
 
 def _is_na(value: Any) -> bool:
+    # pandas' NA kinds can only exist once pandas is loaded; this room never loads it.
+    pd = sys.modules.get("pandas")
     try:
-        import pandas as pd
-
-        return bool(pd.isna(value))
+        return bool(pd.isna(value)) if pd is not None else value != value
     except (TypeError, ValueError):
         return False
 

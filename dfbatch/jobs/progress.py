@@ -7,7 +7,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ._types import RunStats
+from ..engine.types import RunStats
 
 #: Seconds between refreshes of the rates and counters shown beside the bar.
 POSTFIX_INTERVAL = 0.5

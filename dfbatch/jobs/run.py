@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import Any
 
-from . import _constants as C
-from ._config import ApiConfig
-from ._engine import Engine, run_stats_summary
-from ._progress import Progress
-from ._transport import Transport
-from ._types import Outcome, Request
+from ..engine import constants as C
+from ..engine.config import ApiConfig
+from ..engine.core import Engine, run_stats_summary
+from ..engine.transport import Transport
+from ..engine.types import Outcome, Request
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class RunOptions:
         """The response cache to use, or ``None`` (``cache=False``)."""
         if self.cache is False or self.cache is None:
             return None
-        from ._cache import ResponseCache
+        from ..cache.store import ResponseCache
 
         if isinstance(self.cache, ResponseCache):
             return self.cache

@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -46,9 +46,35 @@ from ._checks import (
 from ._ratelimit import Admission, go_duration
 
 if TYPE_CHECKING:
+    import random
     from collections.abc import Awaitable, Callable, Iterable
 
-    from ._simulator import Simulator
+    from ._ratelimit import RateLimiter
+    from ._stats import SimStats
+
+
+class ServerState(Protocol):
+    """What the handlers read of their :class:`~dfbatch.testing.Simulator` (which imports
+    them, so they name its shape rather than the class)."""
+
+    api_key: str | None
+    quota_exhausted: bool
+    rate_limit_headers: bool
+    shuffle_data: bool
+    record_inputs: bool
+    hang_seconds: float
+    models: set[str]
+    organization: str
+    clock: Callable[[], float]
+    stats: SimStats
+    limiter: RateLimiter
+    fault_rng: random.Random
+    shuffle_rng: random.Random
+
+    def reset_stats(self, *, refill: bool = False) -> None: ...
+    def draw_latency(self) -> float: ...
+    def draw_fault(self) -> str | None: ...
+
 
 __all__ = ["HTML_PAGE", "Handlers"]
 
@@ -70,7 +96,7 @@ def _float_row_format(dim: int) -> str:
 class Handlers:
     """The aiohttp handlers of one :class:`~dfbatch.testing.Simulator`."""
 
-    def __init__(self, sim: Simulator) -> None:
+    def __init__(self, sim: ServerState) -> None:
         self.sim = sim
         #: Tasks of the API requests being handled (cancelled on stop: hung ones never end).
         self.tasks: set[asyncio.Task[Any]] = set()

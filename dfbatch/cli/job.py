@@ -1,0 +1,28 @@
+"""What ``dfbatch run`` was asked to do: the arguments, resolved, as one value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..engine.config import ApiConfig
+
+
+@dataclass(frozen=True, repr=False)
+class RunJob:
+    """Everything ``dfbatch run`` was asked to do (the key is inside ``api``, a Secret)."""
+
+    requests: Path
+    output: Path
+    url: str
+    api: ApiConfig
+    rpm: float | None
+    tpm: float | None
+    encoding: str | None
+    max_attempts: int
+    max_in_flight: int
+    timeout: float
+    cache: Path | bool  # a path, True (the default store) or False
+    ordered: bool
+    progress: bool
+    overwrite: bool

@@ -7,6 +7,7 @@ caller's frame, and returns a new object with the caller's index.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Unpack
 
 import pandas as pd
@@ -14,7 +15,7 @@ import pandas as pd
 from ..jobs.chat import Prompt
 from ..jobs.options import RunKwargs
 from ..jobs.run import RunOptions, release_freed_memory
-from ..jobs.sync import run_sync
+from ..jobs.sync import blocking_twin
 from .columns import complete_frame, embed_values
 
 DEFAULT_EMBED_MODEL = "text-embedding-3-small"
@@ -46,7 +47,7 @@ class LlmFrameAccessor:
             raise _bad_column(f"column label {column!r} is not unique in this DataFrame")
         return series
 
-    def embed(
+    async def aembed(
         self,
         column: Any,
         *,
@@ -65,38 +66,12 @@ class LlmFrameAccessor:
         ``batch_size=1`` for one row a request). NA cells give NA without a request; empty or
         non-string cells, and texts over 8,191 tokens (unless ``truncate=True``), fail alone.
         Each failure's reason is in ``{output}_error``; ``errors="raise"`` raises after the run.
+        ``embed`` runs from synchronous code (a script, a notebook cell); ``await aembed(...)``
+        inside an event loop.
 
         >>> df.llm.embed("text", dimensions=256).embedding.iloc[0].shape  # doctest: +SKIP
         (256,)
         """
-        return run_sync(
-            lambda: self.aembed(
-                column,
-                model=model,
-                output=output,
-                dimensions=dimensions,
-                batch_size=batch_size,
-                truncate=truncate,
-                usage=usage,
-                errors=errors,
-                **options,
-            )
-        )
-
-    async def aembed(
-        self,
-        column: Any,
-        *,
-        model: str = DEFAULT_EMBED_MODEL,
-        output: str = "embedding",
-        dimensions: int | None = None,
-        batch_size: int | None = None,
-        truncate: bool = False,
-        usage: bool = False,
-        errors: str = "coerce",
-        **options: Unpack[RunKwargs],
-    ) -> pd.DataFrame:
-        """The async twin of :meth:`embed`, for code already inside an event loop."""
         values = self._column(column).to_numpy(dtype=object)
         out = await embed_values(
             self._obj,
@@ -113,50 +88,7 @@ class LlmFrameAccessor:
         release_freed_memory()
         return out
 
-    def complete(
-        self,
-        prompt: Prompt,
-        *,
-        model: str = DEFAULT_CHAT_MODEL,
-        system: str | None = None,
-        output: str = "completion",
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        response_format: Any = None,
-        n: int = 1,
-        expand: bool = False,
-        usage: bool = False,
-        errors: str = "coerce",
-        extra_body: dict[str, Any] | None = None,
-        **options: Unpack[RunKwargs],
-    ) -> pd.DataFrame:
-        """A copy of the frame with the model's answer to ``prompt`` for each row.
-
-        ``prompt`` is a template naming columns (``"Summarize: {text}"``; a name that is not
-        a column fails before any request) or a function of the row returning a string or a
-        messages list. ``response_format`` (``"json_object"``, a JSON schema, or a pydantic
-        model class) gives parsed values, and ``expand=True`` a column per field. ``n > 1``
-        gives lists. Rows with an NA field are not sent.
-
-        >>> df.llm.complete("Translate to French: {text}", max_tokens=60)  # doctest: +SKIP
-        """
-        return run_sync(
-            lambda: self.acomplete(
-                prompt,
-                model=model,
-                system=system,
-                output=output,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                response_format=response_format,
-                n=n,
-                expand=expand,
-                usage=usage,
-                errors=errors,
-                extra_body=extra_body,
-                **options,
-            )
-        )
+    embed = blocking_twin(aembed)
 
     async def acomplete(
         self,
@@ -176,7 +108,17 @@ class LlmFrameAccessor:
         _positional: str | None = None,
         **options: Unpack[RunKwargs],
     ) -> pd.DataFrame:
-        """The async twin of :meth:`complete`."""
+        """A copy of the frame with the model's answer to ``prompt`` for each row.
+
+        ``prompt`` is a template naming columns (``"Summarize: {text}"``; a name that is not
+        a column fails before any request) or a function of the row returning a string or a
+        messages list. ``response_format`` (``"json_object"``, a JSON schema, or a pydantic
+        model class) gives parsed values, and ``expand=True`` a column per field. ``n > 1``
+        gives lists. Rows with an NA field are not sent. ``complete`` runs from synchronous
+        code; ``await acomplete(...)`` inside an event loop.
+
+        >>> df.llm.complete("Translate to French: {text}", max_tokens=60)  # doctest: +SKIP
+        """
         out = await complete_frame(
             self._obj,
             prompt,
@@ -197,6 +139,18 @@ class LlmFrameAccessor:
         release_freed_memory()
         return out
 
+    complete = blocking_twin(acomplete)
+
+
+def _signature_without(method: Any, drop: str, **defaults: Any) -> inspect.Signature:
+    sig = inspect.signature(method)
+    params = [
+        p.replace(default=defaults[p.name]) if p.name in defaults else p
+        for p in sig.parameters.values()
+        if p.name != drop
+    ]
+    return sig.replace(parameters=params)
+
 
 @pd.api.extensions.register_series_accessor("llm")
 class LlmSeriesAccessor:
@@ -215,23 +169,23 @@ class LlmSeriesAccessor:
         name = self._obj.name if self._obj.name is not None else SERIES_COLUMN
         return self._obj.to_frame(name=name), name
 
-    def embed(self, **kwargs: Any) -> pd.DataFrame:
-        """Embed the Series' texts; keyword options as for ``DataFrame.llm.embed``."""
-        frame, name = self._frame()
-        return frame.llm.embed(name, **kwargs)
-
     async def aembed(self, **kwargs: Any) -> pd.DataFrame:
+        """Embed the Series' texts; options as for ``DataFrame.llm.embed``."""
         frame, name = self._frame()
         return await frame.llm.aembed(name, **kwargs)
 
-    def complete(self, prompt: Prompt = "{}", **kwargs: Any) -> pd.DataFrame:
+    async def acomplete(self, prompt: Prompt = "{}", **kwargs: Any) -> pd.DataFrame:
         """Complete each value; ``{}`` in the template stands for the value."""
         frame, name = self._frame()
-        return run_sync(lambda: frame.llm.acomplete(prompt, _positional=name, **kwargs))
-
-    async def acomplete(self, prompt: Prompt = "{}", **kwargs: Any) -> pd.DataFrame:
-        frame, name = self._frame()
         return await frame.llm.acomplete(prompt, _positional=name, **kwargs)
+
+    # help() and inspect show the DataFrame method's options, less the column.
+    aembed.__signature__ = _signature_without(LlmFrameAccessor.aembed, "column")  # type: ignore[attr-defined]
+    acomplete.__signature__ = _signature_without(  # type: ignore[attr-defined]
+        LlmFrameAccessor.acomplete, "_positional", prompt="{}"
+    )
+    embed = blocking_twin(aembed)
+    complete = blocking_twin(acomplete)
 
 
 def _missing_column(column: Any, columns: pd.Index) -> Exception:

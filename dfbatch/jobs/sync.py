@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 T = TypeVar("T")
+S = TypeVar("S")
+P = ParamSpec("P")
 
 #: Seconds to wait for a cancelled run to wind down after an interrupt.
 CANCEL_GRACE = 10.0
@@ -93,3 +96,23 @@ def _run_nested(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         with contextlib.suppress(BaseException):
             loop.run_until_complete(task)
         raise
+
+
+def blocking_twin(
+    async_method: Callable[Concatenate[S, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[S, P], T]:
+    """The synchronous twin of an async method: one signature, stated once on the async one.
+
+    ``embed = blocking_twin(aembed)`` is ``aembed`` run to completion by :func:`run_sync`.
+    Type checkers and IDEs read the twin's parameters from the ``ParamSpec``; ``help()`` and
+    ``inspect.signature`` read them through ``__wrapped__``.
+    """
+
+    @functools.wraps(async_method)
+    def method(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return run_sync(lambda: async_method(self, *args, **kwargs))
+
+    name = async_method.__name__.removeprefix("a")
+    method.__name__ = name
+    method.__qualname__ = async_method.__qualname__.rsplit(".", 1)[0] + "." + name
+    return method

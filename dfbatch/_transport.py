@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+from aiohttp.http_exceptions import LineTooLong
 
 from . import _constants as C
 
@@ -157,6 +158,12 @@ class AiohttpTransport:
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise TransportError("timeout", f"no answer within {timeout:g} s") from exc
         except aiohttp.ClientError as exc:
+            if _over_header_limits(exc):
+                raise TransportError(
+                    "too_large",
+                    f"the answer's headers are over aiohttp's limits (a line over 8,190 bytes or "
+                    f"too many lines), so it was not read; {HEADERS_FIX}",
+                ) from exc
             raise TransportError("connection", f"{type(exc).__name__}: {exc}") from exc
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
@@ -185,6 +192,19 @@ class AiohttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _over_header_limits(exc: BaseException) -> bool:
+    """True when aiohttp refused an answer's headers for its own caps: a line over 8,190 bytes
+    (``LineTooLong``, a few causes down) or too many lines."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, LineTooLong) or "too many headers" in str(seen).lower():
+            return True
+        seen = seen.__cause__
+    return False
 
 
 Handler = Callable[[str, Mapping[str, str], bytes], Awaitable[RawResponse]]

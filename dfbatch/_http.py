@@ -62,6 +62,7 @@ class _Connection(asyncio.Protocol):
         self.limit = limit  # bytes of body, before and after inflating
         self.reading_head = False  # the status line and headers are still coming
         self.head_bytes = 0  # bytes received for the current request while reading_head
+        self.header_bytes = 0  # bytes of the header lines parsed for the current request
         self.body_bytes = 0
 
     def expect(self, waiter: asyncio.Future[RawResponse]) -> None:
@@ -69,7 +70,7 @@ class _Connection(asyncio.Protocol):
         self.waiter = waiter
         self.reusable = False
         self.reading_head = True
-        self.head_bytes = self.body_bytes = 0
+        self.head_bytes = self.header_bytes = self.body_bytes = 0
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -115,6 +116,10 @@ class _Connection(asyncio.Protocol):
         self.body = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # data_received bounds a head still coming; this, one that came whole in one read.
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > C.MAX_HEADER_BYTES:
+            raise too_large("the answer's headers are", C.MAX_HEADER_BYTES, HEADERS_FIX)
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         old = self.headers.get(key)

@@ -1,5 +1,5 @@
 """The response cache's SQLite file: its tables, opening and checking it, and what happens when it
-is damaged or of another format (see :mod:`dfbatch._cache` for the rules).
+is damaged or of another format (see :mod:`dfbatch.cache.store` for the rules).
 
 Tables (format 3):
 
@@ -7,10 +7,10 @@ Tables (format 3):
 - ``vector_blocks``: one row per block of embeddings, as one response brought them: the block's
   keys (``count`` raw 32-byte digests, in row order), the ``offset`` of its vectors (``count x
   dims`` little-endian float32) in the vectors file beside the database
-  (:mod:`dfbatch._cache_vector_file`), and one crc32 over keys and vectors
-  (see :mod:`dfbatch._cache_vectors`).
+  (:mod:`dfbatch.cache.vector_file`), and one crc32 over keys and vectors
+  (see :mod:`dfbatch.cache.vectors`).
 
-:class:`Db` is not locked on its own: :class:`~dfbatch._cache.ResponseCache` serializes calls.
+:class:`Db` is not locked on its own: :class:`~dfbatch.cache.store.ResponseCache` serializes calls.
 """
 
 from __future__ import annotations

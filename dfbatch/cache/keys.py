@@ -2,7 +2,7 @@
 
 Keys say what was asked, never who asked or where: :func:`request_key` hashes the endpoint and
 the JSON body, :func:`embedding_key` hashes one input (model, dimensions, text). See
-:mod:`dfbatch._cache`.
+:mod:`dfbatch.cache.store`.
 """
 
 from __future__ import annotations

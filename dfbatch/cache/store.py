@@ -11,12 +11,12 @@ part of a key or of a row. Only successes are stored: the front ends put an answ
 request succeeded and never an error, so a failed row is asked again on the next run.
 
 JSON answers are one row each. Embeddings are stored the way they arrive, a block of vectors
-per response, with their keys beside them (:mod:`dfbatch._cache_vectors`): storing 100,000
+per response, with their keys beside them (:mod:`dfbatch.cache.vectors`): storing 100,000
 1,536-d vectors costs about 1.3 s of CPU, and reading them back into one matrix about 0.85 s.
 JSON answers and vectors are two namespaces (request keys and embedding keys never collide):
 ``get_many`` reads JSON answers, ``get_vectors`` and ``get_vector_rows`` vectors, ``get`` both.
 
-The store is one SQLite file in WAL mode (:mod:`dfbatch._cache_file`): readers never wait,
+The store is one SQLite file in WAL mode (:mod:`dfbatch.cache.db`): readers never wait,
 writers take turns for a few milliseconds (``busy_timeout``), and each flush is one small
 transaction. A committed flush survives a kill -9; ``synchronous=NORMAL`` may lose the last
 flushes on power loss but never damages the file. Several kernels and processes can share a

@@ -3,7 +3,7 @@
 An embedding response brings 2,048 vectors at once; they are buffered and stored as they came,
 one ``vector_blocks`` row per block: ``keys`` (the raw 32-byte digest of each row's key, in row
 order), the ``offset`` of its vectors (``count x dims`` little-endian float32) in the vectors
-file (:mod:`dfbatch._cache_vector_file`), and a crc32 over keys and vectors. Storing 100,000 x
+file (:mod:`dfbatch.cache.vector_file`), and a crc32 over keys and vectors. Storing 100,000 x
 1,536 float32 took 6.5 s of CPU as 100,000 SQLite rows, 1.25-1.4 s as 49 SQLite blobs, ~0.45 s
 now (the crc is half of it).
 
@@ -49,7 +49,7 @@ Group = tuple[int, np.ndarray, np.ndarray, Callable[[], "np.ndarray | None"]]
 
 
 def raw_key(key: str | bytes) -> bytes:
-    """The 32 bytes a vector is stored under: a key from :func:`~dfbatch._cache.embedding_key`
+    """The 32 bytes a vector is stored under: a key from :func:`~dfbatch.cache.store.embedding_key`
     (64 hex digits) as its digest, 32 bytes as they are, any other key hashed.
 
     >>> raw_key("00" * 32) == bytes(32)

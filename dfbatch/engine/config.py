@@ -1,12 +1,16 @@
 """Where requests go and how they are signed: base URL, API key, Azure.
 
 The API key lives in a :class:`Secret`, whose ``repr`` and ``str`` never show it, so it cannot
-reach a log line, an exception, a cache key or a results file by accident.
+reach a log line, an exception, a cache key or a results file by accident. A server may still
+echo it back ("Incorrect API key provided: sk-..."): :func:`redact` takes it out of whatever
+the server said, where the engine turns an answer into an error.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,6 +40,39 @@ class Secret:
 
     def __reduce__(self) -> None:  # type: ignore[override]
         raise TypeError("a Secret cannot be pickled")
+
+
+REDACTED = "<redacted>"
+#: Secrets shorter than this are not searched for (a one-letter "key" would mangle every text).
+_MIN_SECRET = 6
+_BEARER = re.compile(r"\b(bearer\s+)[^\s\"',;]{8,}", re.IGNORECASE)  # not "Bearer auth"
+#: Request headers whose values are credentials.
+_SECRET_HEADERS = frozenset({"authorization", "api-key", "proxy-authorization", "x-api-key"})
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each secret and any ``Bearer`` token replaced by ``<redacted>``.
+
+    >>> redact("Incorrect API key provided: sk-abc123; Bearer tok-98765", ["sk-abc123"])
+    'Incorrect API key provided: <redacted>; Bearer <redacted>'
+    """
+    for secret in secrets:
+        if len(secret) >= _MIN_SECRET:
+            text = text.replace(secret, REDACTED)
+    return _BEARER.sub(rf"\g<1>{REDACTED}", text)
+
+
+def _check_key(key: str) -> None:
+    """Refuse a key no HTTP header can carry (a typographic mark, a line break pasted with it),
+    naming the character, never the key: sending it would raise a codec error whose text holds
+    every header, the key included."""
+    for i, c in enumerate(key):
+        if not " " <= c <= "~":
+            raise ConfigurationError(
+                f"the API key holds a character an HTTP header cannot carry (U+{ord(c):04X} at "
+                f"position {i + 1} of {len(key)}): copy the key again, without line breaks "
+                "or typographic quotes and dashes"
+            )
 
 
 def redact_url(url: str) -> str:
@@ -96,6 +133,8 @@ class ApiConfig:
         if is_azure:
             key = key or os.environ.get("AZURE_OPENAI_API_KEY")
             api_version = api_version or os.environ.get("OPENAI_API_VERSION")
+        if key:
+            _check_key(key)
         if not key and host == "api.openai.com":
             raise ConfigurationError(
                 "no API key: pass api_key=... or set the OPENAI_API_KEY environment variable "
@@ -128,6 +167,15 @@ class ApiConfig:
                 out["Authorization"] = f"Bearer {self.api_key.reveal()}"
         out.update(self.extra_headers)
         return out
+
+    def secrets(self) -> tuple[str, ...]:
+        """What :func:`redact` must take out of a server's words: the key and any credential
+        among the extra headers."""
+        found = [self.api_key.reveal()] if self.api_key is not None else []
+        for name, value in self.extra_headers:
+            if name.lower() in _SECRET_HEADERS:
+                found += [value, value.split(None, 1)[-1]]  # "Bearer X": X alone too
+        return tuple(found)
 
     def __repr__(self) -> str:
         key = "set" if self.api_key is not None else "none"

@@ -19,6 +19,13 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_TIMEOUT = 60.0
 #: Seconds to open a TCP connection.
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Bytes an answer's body may hold, before and after decompression: twice the largest real
+#: answer (2,048 vectors x 3,072 float32 in base64, about 34 MB), so a server streaming without
+#: end, a 500 MB body or a gzip bomb costs at most this much memory per request in flight.
+#: ``DFBATCH_MAX_RESPONSE_MIB`` (in MiB) or the transports' ``max_response_bytes`` change it.
+MAX_RESPONSE_BYTES = 64 * 2**20
+#: Bytes of an answer's status line and headers (a real one is under 2 KiB).
+MAX_HEADER_BYTES = 64 * 2**10
 
 #: Full-jitter backoff: wait = uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**(attempt-1))).
 BACKOFF_BASE = 0.5

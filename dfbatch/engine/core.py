@@ -18,12 +18,13 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from . import constants as C
-from .config import ApiConfig
+from .config import ApiConfig, redact
 from .errors import ConfigurationError, RunAbortedError
 from .http_client import default_transport
 from .limiter import Limiter, RateHeaders, Ticket
@@ -191,6 +192,7 @@ class Engine:
             self.api.base_url, max_connections=self.max_in_flight
         )
         headers = self.api.headers()
+        secrets = self.api.secrets()
         # Requests pulled and not yet handed over: those in flight plus a queue at the gate.
         slots = asyncio.Semaphore(self.max_in_flight + int(self.max_in_flight * C.QUEUED_SHARE))
         tasks: set[asyncio.Task[None]] = set()
@@ -198,7 +200,7 @@ class Engine:
 
         async def process(request: Request) -> None:
             try:
-                outcome = await self._attempts(request, gate, transport, headers)
+                outcome = await self._attempts(request, gate, transport, headers, secrets)
                 on_outcome(outcome)
             except (asyncio.CancelledError, _RunStopped):
                 pass
@@ -249,7 +251,12 @@ class Engine:
         return stats
 
     async def _attempts(
-        self, request: Request, gate: _Gate, transport: Transport, headers: dict[str, str]
+        self,
+        request: Request,
+        gate: _Gate,
+        transport: Transport,
+        headers: dict[str, str],
+        secrets: tuple[str, ...],
     ) -> Outcome:
         stats = self.stats
         limiter = gate.limiter
@@ -276,6 +283,8 @@ class Engine:
                 else:
                     verdict = classify_response(raw.status, raw.headers, raw.body)
                     rate = RateHeaders.parse(raw.headers)
+                if verdict.error is not None:  # the one place a server's words become an
+                    verdict = _scrubbed(verdict, secrets)  # error: take the key out of them
                 if verdict.action is Action.ABORT:
                     gate.close()  # before the slot frees: nothing else may go out
                     raise self._abort_error(verdict)
@@ -326,12 +335,29 @@ class Engine:
         error = verdict.error
         kind = verdict.abort or RunAbortedError
         message = f"{error}" if error else "the server refused the run"
-        key = self.api.api_key.reveal() if self.api.api_key else None
-        if key and key in message:
-            message = message.replace(key, "<redacted>")
         text = f"{message}. Fix: {_FIXES.get(kind.__name__, 'see the message')}"
         log.error("run stopped: %s", text)
         return kind(text, error=error)
+
+
+def _scrubbed(verdict: Verdict, secrets: tuple[str, ...]) -> Verdict:
+    """The verdict with the key (and any Bearer token) taken out of every text of its error:
+    a server may echo it ("Incorrect API key provided: sk-..."), and from here the error goes
+    to the error column, results files, log lines and exceptions."""
+    error = verdict.error
+    assert error is not None
+
+    def clean(text: str | None) -> str | None:
+        return None if text is None else redact(text, secrets)
+
+    scrubbed = ErrorInfo(
+        error.status,
+        clean(error.code),
+        redact(error.message, secrets),
+        type=clean(error.type),
+        request_id=clean(error.request_id),
+    )
+    return replace(verdict, error=scrubbed)
 
 
 def _cause(error: ErrorInfo) -> str:

@@ -8,7 +8,9 @@ answer                                    verdict
 ========================================  ============================================
 2xx with a JSON body                      SUCCESS
 2xx whose body is not JSON (a proxy page) RETRY
+3xx (a redirect: never followed)          FAIL_ROW: the key must not go elsewhere
 408, 409, 5xx, timeouts, connection drops RETRY
+an answer over a size cap (``too_large``) FAIL_ROW: the same request gets it again
 429 ``rate_limit_exceeded``               RETRY after retry-after, and slow the run
 429 "Request too large"                   FAIL_ROW: that request can never pass
 429 ``insufficient_quota``, spend limits  ABORT: no request can succeed
@@ -156,6 +158,9 @@ def classify_response(
         )
         return Verdict(Action.RETRY, error=info)
 
+    if 300 <= status < 400:
+        return Verdict(Action.FAIL_ROW, error=_redirect_info(status, headers))
+
     reason = _STATUS_TEXT.get(status, "error")
     info = _error_info(status, parsed, headers, f"HTTP {status} {reason}")
     retry_after = retry_after_seconds(headers, time.time() if now is None else now)
@@ -185,8 +190,23 @@ def classify_response(
 
 
 def classify_exception(kind: str, message: str) -> Verdict:
-    """A request that got no HTTP answer: a timeout or a dropped connection. Always retried."""
-    return Verdict(Action.RETRY, error=ErrorInfo(None, kind, message))
+    """A request that got no usable HTTP answer: a timeout or a dropped connection, retried;
+    or an answer over a size cap (``too_large``), which fails that row alone: the same request
+    would get the same answer, and each attempt would read up to the cap again."""
+    action = Action.FAIL_ROW if kind == "too_large" else Action.RETRY
+    return Verdict(action, error=ErrorInfo(None, kind, message))
+
+
+def _redirect_info(status: int, headers: Mapping[str, str]) -> ErrorInfo:
+    location = headers.get("location")
+    where = f" to {location[:200]!r}" if location else ""
+    return ErrorInfo(
+        status,
+        "redirect",
+        f"the server redirects{where}, and dfbatch never follows a redirect (the API key "
+        "would go along to that address): set base_url to the address that answers",
+        request_id=headers.get("x-request-id"),
+    )
 
 
 _STATUS_TEXT = {

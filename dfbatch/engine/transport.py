@@ -96,8 +96,9 @@ class AiohttpTransport:
 
     A redirect is never followed (aiohttp would send Azure's ``api-key`` header to the new
     host): the 3xx is the answer, which the retry policy makes that request's error. Answers
-    are read within the same caps as the lean transport's (:mod:`dfbatch.engine.http_client`): the body, once
-    inflated, at most ``max_response_bytes``, the headers at most ``MAX_HEADER_BYTES``.
+    are read within the same caps as the lean transport's (:mod:`dfbatch.engine.http_client`):
+    the body, once inflated, at most ``max_response_bytes``, the headers at most
+    ``MAX_HEADER_BYTES``.
     """
 
     def __init__(

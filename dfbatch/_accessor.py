@@ -173,7 +173,7 @@ class LlmFrameAccessor:
         usage: bool = False,
         errors: str = "coerce",
         extra_body: dict[str, Any] | None = None,
-        _positional: str | None = None,
+        _positional: Any = None,
         **options: Unpack[RunKwargs],
     ) -> pd.DataFrame:
         """The async twin of :meth:`complete`."""

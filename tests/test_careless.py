@@ -351,6 +351,37 @@ def test_read_only_cache_serves_hits_stores_nothing_and_warns_once(
     assert [(p.stat().st_size, p.stat().st_mtime_ns) for p in files] == stamps
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0,
+    reason="root may write read-only files (the os.access test above covers root)",
+)
+@pytest.mark.parametrize("folder_mode", [0o555, 0o777])
+def test_truly_read_only_store_is_read_and_left_as_it_was(sim, opts, tmp_path, folder_mode) -> None:  # type: ignore[no-untyped-def]
+    """Files chmod 444 (folder read-only, or not): hits served, no file created or changed."""
+    store = tmp_path / "team" / "cache.sqlite"
+    df = pd.DataFrame({"text": ["a", "b"]})
+    df.iloc[:1].llm.complete("{text}", **{**opts, "cache": store})
+    df.iloc[:1].llm.embed("text", **{**opts, "cache": store})
+    gc.collect()
+    listing = {p.name: p.stat().st_size for p in store.parent.iterdir()}
+    for path in store.parent.iterdir():
+        path.chmod(0o444)
+    store.parent.chmod(folder_mode)
+    try:
+        with pytest.warns(RuntimeWarning, match="read-only"):
+            out = df.llm.complete("{text}", **{**opts, "cache": store})
+        assert out["completion"].tolist() == [echo("a"), echo("b")]
+        assert out.attrs["dfbatch"]["rows_from_cache"] == 1
+        with pytest.warns(RuntimeWarning, match="read-only"):
+            vectors = df.llm.embed("text", **{**opts, "cache": store})
+        assert vectors["embedding_error"].isna().all()
+        assert vectors.attrs["dfbatch"]["rows_from_cache"] == 1
+        gc.collect()
+        assert {p.name: p.stat().st_size for p in store.parent.iterdir()} == listing
+    finally:
+        store.parent.chmod(0o755)
+
+
 def test_cli_read_only_cache_runs_and_warns(sim, tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     """dfbatch complete --cache on a read-only store: every row answered, a warning, exit 0."""
     store = tmp_path / "team" / "cache.sqlite"

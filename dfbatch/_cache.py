@@ -78,6 +78,7 @@ from ._cache_vectors import (
     write_blocks,
 )
 from ._errors import ConfigurationError
+from ._options import check_number
 
 __all__ = [
     "APPLICATION_ID",
@@ -222,10 +223,10 @@ class ResponseCache:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        if flush_interval < 0:
-            raise ConfigurationError(f"flush_interval must be >= 0, got {flush_interval}")
+        # NaN would pass "< 0" and no answer would ever be flushed on time.
+        interval = check_number("flush_interval", flush_interval, above=None, at_least=0)
         self.path = Path(path).expanduser() if path is not None else default_cache_path()
-        self.flush_interval = flush_interval
+        self.flush_interval = interval
         self.readonly = readonly
         self._discard = readonly and discard
         self._clock = clock

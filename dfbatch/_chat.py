@@ -1,9 +1,15 @@
 """Chat completions: a template or a function per row -> request bodies -> parsed answers.
 
-A template is ``str.format`` text naming columns (``"Summarize: {text}"``); every name is
-checked against the frame before anything is sent. ``response_format`` asks for JSON
-(``"json_object"``, a JSON schema dict, or a pydantic model class); the answer is then parsed,
-and JSON that does not parse (or does not validate) is that row's error, not a crash.
+A template is text with fields (``"Summarize: {text}"``, ``"{price:.2f}"``): a field is a
+column name, exactly as the column is named (``{a.b}`` is a column called "a.b", ``{0}`` an int
+column 0), with an optional conversion (``!r``, ``!s``, ``!a``) and format spec (nested one
+level: ``{n:>{width}}``). Nothing in a field is evaluated, unlike ``str.format``'s attribute
+and index access, so a template cannot reach beyond the row's values. Every field is checked
+against the frame before anything is sent; a value its format spec refuses fails its row.
+
+``response_format`` asks for JSON (``"json_object"``, a JSON schema dict, or a pydantic model
+class); the answer is then parsed, and JSON that does not parse (or does not validate) is that
+row's error, not a crash.
 """
 
 from __future__ import annotations

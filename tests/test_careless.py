@@ -465,6 +465,13 @@ def test_engine_refuses_nan() -> None:
             Engine(api, **{option: NAN})
 
 
+def test_cache_flush_interval_refuses_nan(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """ResponseCache(flush_interval=nan) would never flush on time: refused, nothing created."""
+    with pytest.raises(ConfigurationError, match=r"^flush_interval must be a finite number"):
+        ResponseCache(tmp_path / "c.sqlite", flush_interval=NAN)
+    assert not (tmp_path / "c.sqlite").exists()
+
+
 @pytest.mark.parametrize(
     "flags",
     [

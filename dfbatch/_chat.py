@@ -65,7 +65,9 @@ def parse_template(template: str) -> tuple[Piece, ...]:
     """
     try:
         return _parse(template, depth=0)
-    except ValueError as exc:
+    except ConfigurationError:
+        raise  # already says which field and why
+    except ValueError as exc:  # string.Formatter's own: unmatched braces and the like
         raise ConfigurationError(
             f"prompt template is not valid: {exc}; write a literal brace as {{{{ or }}}}"
         ) from exc

@@ -132,8 +132,8 @@ def test_conversions_and_format_specs_work(opts) -> None:  # type: ignore[no-unt
 @pytest.mark.parametrize(
     ("template", "match"),
     [
-        ("{n:{width:{x}}}", "one level of nesting"),
-        ("{text!x}", "unknown conversion !x"),
+        ("{n:{width:{x}}}", "inside a format spec cannot have fields of its own"),
+        ("{text!x}", "^prompt field {text!x}: unknown conversion !x; use !r, !s or !a"),
         ("Say {text", "not valid"),
         ("Say {}", "empty field"),
         ("{1}", "does not have"),

@@ -60,6 +60,7 @@ def test_bad_cells_fail_alone(opts) -> None:  # type: ignore[no-untyped-def]
     assert "empty" in errs[2] and "not a string" in errs[3]
 
 
+@pytest.mark.needs_tiktoken
 def test_too_long_row_fails_alone_or_is_truncated(opts) -> None:  # type: ignore[no-untyped-def]
     """A 10,000-token row fails with a clear error, or is truncated when truncate=True."""
     long = "word " * 10_000

@@ -60,6 +60,7 @@ def test_secret_does_not_print_or_pickle() -> None:
 
 
 def test_base_url_credentials_are_redacted() -> None:
-    """user:password@ in a base URL is never shown."""
-    api = dfbatch.ApiConfig.resolve(base_url="https://user:hunter2@proxy.example/v1")
-    assert "hunter2" not in repr(api)
+    """user:password@ in a base URL is refused, and the refusal never shows the password."""
+    with pytest.raises(dfbatch.ConfigurationError, match="credentials") as caught:
+        dfbatch.ApiConfig.resolve(base_url="https://user:hunter2@proxy.example/v1")
+    assert "hunter2" not in str(caught.value)

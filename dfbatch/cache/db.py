@@ -172,6 +172,8 @@ class Db:
         try:
             if self.readonly:
                 uri = self.path.absolute().as_uri() + "?mode=ro"
+                if self._immutable():
+                    uri += "&immutable=1"
                 target: str | Path = uri
             else:
                 target = self.path
@@ -187,6 +189,18 @@ class Db:
                 f"cannot open the response cache at {self.path}: {exc}; pass another path "
                 "or set DFBATCH_CACHE_DIR"
             ) from exc
+
+    def _immutable(self) -> bool:
+        """Whether to read the store as immutable: no ``-wal`` beside it, and the file or its
+        folder is read-only to this process (a team's shared store). ``mode=ro`` alone would
+        need to create ``-wal`` and ``-shm`` files (failing where the folder is read-only, and
+        leaving read-only ones behind where it is not); without a ``-wal`` file everything
+        committed is in the file itself. Should its owner write to it meanwhile, a page read
+        half-changed fails its checksum or reads as damaged: a miss or a clear error, never a
+        wrong answer."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        writable = os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+        return not wal.exists() and not writable
 
     def _stat(self) -> tuple[int, int] | None:
         try:

@@ -47,6 +47,7 @@ import os
 import sqlite3
 import threading
 import time
+import warnings
 import weakref
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -58,8 +59,9 @@ import msgspec
 import numpy as np
 
 from ..engine import constants as C
+from ..engine.checks import check_number
 from ..engine.errors import ConfigurationError
-from .db import APPLICATION_ID, SCHEMA_VERSION, Db, file_size
+from .db import APPLICATION_ID, SCHEMA_VERSION, VECTORS_SUFFIX, Db, file_size
 from .keys import (
     default_cache_path,
     embedding_digests,
@@ -85,6 +87,7 @@ __all__ = [
     "default_cache_path",
     "embedding_digests",
     "embedding_key",
+    "open_for_run",
     "parse_age",
     "request_key",
 ]
@@ -153,6 +156,36 @@ def _flush_at_exit(db: Db, pending: dict[str, _Row], vectors: PendingVectors) ->
         db.close()
 
 
+def open_for_run(path: str | os.PathLike[str] | None, **kwargs: Any) -> ResponseCache:
+    """The cache a run uses at ``path`` (None: the default store).
+
+    A store that exists but cannot be written (a team's shared cache, a read-only mount) is
+    opened read-only: its answers are served, new ones are not stored, and one warning says
+    so, naming ``cache=False``. Any other store is opened (and created) as usual.
+    """
+    where = Path(path).expanduser() if path is not None else default_cache_path()
+    if not _cannot_write(where):
+        return ResponseCache(where, **kwargs)
+    message = (
+        f"the response cache {where} is read-only: answers stored in it are used, but new "
+        "answers are not stored (a rerun asks for them again); pass cache=False (--no-cache) "
+        "to run without it, or a writable path (cache=PATH, --cache PATH) to keep them"
+    )
+    log.warning(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+    return ResponseCache(where, readonly=True, discard=True, **kwargs)
+
+
+def _cannot_write(path: Path) -> bool:
+    """Whether ``path`` is an existing store this process may not write (the file, its
+    vectors file or log, or the folder, where SQLite keeps its log, is read-only)."""
+    if not path.is_file():
+        return False  # a new store: created, or refused with the reason, as before
+    side = [path.with_name(path.name + s) for s in ("-wal", "-shm", VECTORS_SUFFIX)]
+    files = [path, *(p for p in side if p.exists())]
+    return not all(os.access(p, os.W_OK) for p in files) or not os.access(path.parent, os.W_OK)
+
+
 class ResponseCache:
     """Answers by key, stored durably as they arrive.
 
@@ -175,8 +208,9 @@ class ResponseCache:
     (:func:`embedding_digests`), which saves converting 100,000 hex strings.
 
     ``path=None`` uses :func:`default_cache_path`. ``readonly=True`` never writes nor creates
-    the file; puts raise. Calls are serialized by a lock, so one cache may be shared by
-    threads; several caches (and processes) may open the same file.
+    the file; puts raise, or with ``discard=True`` are dropped (a run over a store it may
+    read but not write: see :func:`open_for_run`). Calls are serialized by a lock, so one
+    cache may be shared by threads; several caches (and processes) may open the same file.
     """
 
     def __init__(
@@ -185,14 +219,16 @@ class ResponseCache:
         *,
         flush_interval: float = C.CACHE_FLUSH_INTERVAL,
         readonly: bool = False,
+        discard: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        if flush_interval < 0:
-            raise ConfigurationError(f"flush_interval must be >= 0, got {flush_interval}")
+        # NaN would pass "< 0" and no answer would ever be flushed on time.
+        interval = check_number("flush_interval", flush_interval, above=None, at_least=0)
         self.path = Path(path).expanduser() if path is not None else default_cache_path()
-        self.flush_interval = flush_interval
+        self.flush_interval = interval
         self.readonly = readonly
+        self._discard = readonly and discard
         self._clock = clock
         self._wall_clock = wall_clock  # the ``created`` time of rows, for clear(older_than=)
         self._lock = threading.RLock()
@@ -332,7 +368,8 @@ class ResponseCache:
 
     def put(self, key: str, value: Any, *, model: str | None = None) -> None:
         """Buffer a JSON answer (a response dict, a string...); ``maybe_flush`` stores it."""
-        self._check_writable()
+        if not self._check_writable():
+            return
         encoded = _encode_json(value)
         row = (key, model, self._wall_clock(), _checksum(key, encoded), encoded)
         with self._lock:
@@ -347,7 +384,8 @@ class ResponseCache:
     def put_vector(self, key: str | bytes, vector: Any, *, model: str | None = None) -> None:
         """Buffer one embedding, stored as little-endian float32 (exact for float32); puts of
         one model in a row are stored as one block."""
-        self._check_writable()
+        if not self._check_writable():
+            return
         array = np.array(vector, dtype="<f4")  # a copy: the caller may reuse its array
         if array.ndim != 1:
             raise ConfigurationError(f"a vector must be 1-dimensional, got shape {array.shape}")
@@ -364,7 +402,8 @@ class ResponseCache:
         until it is written, without a copy when it is C-contiguous float32 already: do not
         change it afterwards (a changed block reads as damaged, a miss, never a wrong answer).
         """
-        self._check_writable()
+        if not self._check_writable():
+            return
         array = as_block(block)
         if array.ndim != 2 or array.shape[0] != len(keys):
             raise ConfigurationError(
@@ -384,9 +423,13 @@ class ResponseCache:
         """Answers put and not stored yet (``flush`` stores them)."""
         return len(self._pending) + self._vectors.count
 
-    def _check_writable(self) -> None:
+    def _check_writable(self) -> bool:
+        """Whether a put is stored: read-only, it raises, or is dropped with ``discard``."""
         if self.readonly:
+            if self._discard:
+                return False
             raise ConfigurationError(f"the response cache {self.path} was opened read-only")
+        return True
 
     def _started(self) -> None:
         if self._since is None:

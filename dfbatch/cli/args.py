@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from typing import Any
 
 from ..engine import constants as C
@@ -18,18 +19,35 @@ FORMATS = ("parquet", "csv", "jsonl")
 
 
 def positive(kind: type) -> Any:
+    """An argparse type: a number above 0; ``nan`` and ``inf`` are refused too."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or value <= 0:
+        if value is None or not math.isfinite(value) or value <= 0:
             noun = "a whole number" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"must be {noun} above 0, got {text!r}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+def temperature(text: str) -> float:
+    """An argparse type: a sampling temperature, a finite number from 0 to 2.
+
+    >>> temperature("0.7")
+    0.7
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 2:  # False for nan
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 2, got {text!r}")
+    return value
 
 
 def log_level(text: str) -> int:

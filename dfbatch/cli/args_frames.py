@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..engine import constants as C
-from .args import FORMATS, common_options, formatter, positive
+from .args import FORMATS, common_options, formatter, positive, temperature
 from .help import COMPLETE_EXAMPLES, EMBED_EXAMPLES, EXIT_STATUS, FRAME_EPILOG
 
 
@@ -101,7 +101,9 @@ def complete_parser(sub: Any) -> None:
     what.add_argument(
         "--max-tokens", type=positive(int), metavar="N", help="longest answer, in tokens"
     )
-    what.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
+    what.add_argument(
+        "--temperature", type=temperature, metavar="T", help="sampling temperature (0 to 2)"
+    )
     what.add_argument(
         "--n",
         type=positive(int),

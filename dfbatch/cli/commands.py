@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..engine.config import check_url
 from ..engine.errors import ConfigurationError
 from ..jobs.sync import run_sync
 
@@ -65,11 +66,12 @@ def _do_run(args: argparse.Namespace) -> int:
             f"cannot name the results file after {source} (no .jsonl in its name); pass -o OUT"
         )
     key = api_key(args)
-    api = _resolve_api(ApiConfig, args.url, key)
+    url = check_url(args.url, "--url")  # its scheme in lower case
+    api = _resolve_api(ApiConfig, url, key)
     job = RunJob(
         requests=Path(source),
         output=Path(output),
-        url=args.url,
+        url=url,
         api=api,
         rpm=args.rpm,
         tpm=args.tpm,
@@ -97,8 +99,6 @@ def _do_run(args: argparse.Namespace) -> int:
 def _resolve_api(api_config: Any, url: str, key: str | None) -> Any:
     from urllib.parse import urlsplit
 
-    if not url.startswith(("http://", "https://")):
-        raise ConfigurationError(f"--url must start with http:// or https://, got {url!r}")
     if not key and (urlsplit(url).hostname or "") == "api.openai.com":
         raise ConfigurationError(
             "no API key: pass --api-key KEY or set the OPENAI_API_KEY environment variable"
@@ -111,7 +111,7 @@ def _frame_job(args: argparse.Namespace) -> Any:
     from .tables import field_types
 
     run_options = {
-        "base_url": args.base_url,
+        "base_url": check_url(args.base_url, "--base-url") if args.base_url else None,
         "api_key": api_key(args),
         "rpm": args.rpm,
         "tpm": args.tpm,

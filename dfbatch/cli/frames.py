@@ -238,6 +238,6 @@ async def run_frames(job: FrameJob) -> FrameResult:
 def _open_cache(cache: Any) -> Any:
     if cache is False:
         return False
-    from ..cache.store import ResponseCache
+    from ..cache.store import open_for_run
 
-    return ResponseCache(None if cache is True else cache)
+    return open_for_run(None if cache is True else cache)

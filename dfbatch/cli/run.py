@@ -234,9 +234,9 @@ def _store(cache: Any, line: Line, response: Any, text: str) -> None:
 def _open_cache(job: RunJob) -> Any:
     if job.cache is False:
         return None
-    from ..cache.store import ResponseCache
+    from ..cache.store import open_for_run
 
-    cache = ResponseCache(
+    cache = open_for_run(
         None if job.cache is True else job.cache, flush_interval=C.CLI_CACHE_FLUSH_INTERVAL
     )
     # One pass over small JSON answers: nothing is read twice, so neither mmap (every page

@@ -86,6 +86,55 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
+def check_url(url: str, what: str = "base_url") -> str:
+    """``url`` with its scheme in lower case, or ConfigurationError saying what is wrong.
+
+    The scheme is http or https in any case (``HTTP://`` too); the port, if any, is 1 to
+    65535; there is a host; and there are no credentials (``user:password@``), which would
+    not be sent (the API key goes in ``api_key``; a proxy's in ``HTTPS_PROXY``). Messages
+    never show a password.
+
+    >>> check_url("HTTPS://api.example.com/v1")
+    'https://api.example.com/v1'
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"{what} must be a URL (text), got {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when not a number from 0 to 65535
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{what} is not a valid URL ({exc}): {_redacted(url)!r}; give "
+            "http(s)://host[:port]/path, with a port from 1 to 65535"
+        ) from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigurationError(
+            f"{what} must start with http:// or https://, got {_redacted(url)!r}"
+        )
+    if not parts.hostname:
+        raise ConfigurationError(f"{what} has no host: {_redacted(url)!r}")
+    if port == 0:
+        raise ConfigurationError(
+            f"{what} has port 0: {_redacted(url)!r}; give a port from 1 to 65535"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            f"{what} must not hold credentials (user:password@), which would not be sent: "
+            f"{_redacted(url)!r}. Pass the API key as api_key= (--api-key) or "
+            "OPENAI_API_KEY; a proxy's credentials go in HTTPS_PROXY"
+        )
+    return parts.scheme + url[len(parts.scheme) :]
+
+
+def _redacted(url: str) -> str:
+    """The URL without credentials, even one too broken for :func:`redact_url`."""
+    try:
+        return redact_url(url)
+    except ValueError:
+        scheme, sep, rest = url.partition("://")
+        return scheme + sep + rest.rpartition("@")[2] if sep else url.rpartition("@")[2]
+
+
 @dataclass(frozen=True, repr=False)
 class ApiConfig:
     """The server to talk to.
@@ -119,10 +168,7 @@ class ApiConfig:
         Raises :class:`ConfigurationError` when OpenAI itself is the server and no key is found.
         """
         base = (base_url or os.environ.get("OPENAI_BASE_URL") or C.DEFAULT_BASE_URL).rstrip("/")
-        if not base.startswith(("http://", "https://")):
-            raise ConfigurationError(
-                f"base_url must start with http:// or https://, got {redact_url(base)!r}"
-            )
+        base = check_url(base, "base_url" if base_url else "OPENAI_BASE_URL")
         host = urlsplit(base).hostname or ""
         is_azure = (
             azure

@@ -24,8 +24,9 @@ from typing import Any
 import orjson
 
 from . import constants as C
+from .checks import check_number, check_whole
 from .config import ApiConfig, redact
-from .errors import ConfigurationError, RunAbortedError
+from .errors import RunAbortedError
 from .http_client import default_transport
 from .limiter import Limiter, RateHeaders, Ticket
 from .retry import Action, Verdict, backoff, classify_exception, classify_response
@@ -132,13 +133,12 @@ class Engine:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if max_in_flight < 1:
-            raise ConfigurationError(f"max_in_flight must be at least 1, got {max_in_flight}")
-        if max_attempts < 1:
-            raise ConfigurationError(f"max_attempts must be at least 1, got {max_attempts}")
-        for name, value in (("rpm", rpm), ("tpm", tpm), ("timeout", timeout)):
-            if value is not None and value <= 0:
-                raise ConfigurationError(f"{name} must be positive, got {value}")
+        # Finite numbers in range: NaN would pass any "<= 0" test and turn pacing off.
+        max_in_flight = check_whole("max_in_flight", max_in_flight)  # type: ignore[assignment]
+        max_attempts = check_whole("max_attempts", max_attempts)  # type: ignore[assignment]
+        rpm = check_number("rpm", rpm, optional=True)
+        tpm = check_number("tpm", tpm, optional=True)
+        timeout = check_number("timeout", timeout)  # type: ignore[assignment]
         self.api = api
         self.rpm, self.tpm = rpm, tpm
         self.max_in_flight = max_in_flight

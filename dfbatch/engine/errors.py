@@ -53,3 +53,18 @@ class RowsFailedError(DfbatchError):
         self.failed = failed
         #: The full result (answers and error columns), so finished rows are not lost.
         self.result = result
+
+
+# Tracebacks and reprs name them where users import them from (``dfbatch.ConfigurationError``),
+# not the room they live in; pickle finds them there too.
+for _cls in (
+    DfbatchError,
+    ConfigurationError,
+    RunAbortedError,
+    AuthenticationError,
+    QuotaExceededError,
+    ModelNotFoundError,
+    RowsFailedError,
+):
+    _cls.__module__ = "dfbatch"
+del _cls

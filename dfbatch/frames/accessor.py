@@ -105,17 +105,19 @@ class LlmFrameAccessor:
         usage: bool = False,
         errors: str = "coerce",
         extra_body: dict[str, Any] | None = None,
-        _positional: str | None = None,
+        _positional: Any = None,
         **options: Unpack[RunKwargs],
     ) -> pd.DataFrame:
         """A copy of the frame with the model's answer to ``prompt`` for each row.
 
-        ``prompt`` is a template naming columns (``"Summarize: {text}"``; a name that is not
-        a column fails before any request) or a function of the row returning a string or a
-        messages list. ``response_format`` (``"json_object"``, a JSON schema, or a pydantic
-        model class) gives parsed values, and ``expand=True`` a column per field. ``n > 1``
-        gives lists. Rows with an NA field are not sent. ``complete`` runs from synchronous
-        code; ``await acomplete(...)`` inside an event loop.
+        ``prompt`` is a template whose fields are column names, each with an optional format
+        spec (``"Summarize: {text}"``, ``"{price:.2f}"``; a field that is not exactly a
+        column's name fails before any request, a value its spec refuses fails its row) or
+        a function of the row returning a string or a messages list. ``response_format``
+        (``"json_object"``, a JSON schema, or a pydantic model class) gives parsed values,
+        and ``expand=True`` a column per field. ``n > 1`` gives lists. Rows with an NA field
+        are not sent. ``complete`` runs from synchronous code; ``await acomplete(...)``
+        inside an event loop.
 
         >>> df.llm.complete("Translate to French: {text}", max_tokens=60)  # doctest: +SKIP
         """

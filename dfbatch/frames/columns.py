@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..cache.store import request_key
+from ..engine.checks import check_number, check_whole
 from ..engine.errors import ConfigurationError, RowsFailedError
 from ..engine.tokens import estimate_request_tokens
 from ..engine.types import Outcome, Request
@@ -31,6 +32,19 @@ ERRORS = ("coerce", "raise")
 def _check_errors(errors: str) -> None:
     if errors not in ERRORS:
         raise ConfigurationError(f"errors must be 'coerce' or 'raise', got {errors!r}")
+
+
+def _check_names(*, output: Any, model: Any) -> None:
+    """``output`` names the new columns and ``model`` goes in every request: both text."""
+    if not isinstance(output, str) or not output:
+        raise ConfigurationError(
+            f"output must be a non-empty column name (text), got {output!r}; it names the "
+            "answer column and its '_error' column, e.g. output='summary'"
+        )
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigurationError(
+            f"model must be a model name (text), got {model!r}, e.g. model='gpt-4o-mini'"
+        )
 
 
 def _finish(
@@ -94,8 +108,9 @@ async def embed_values(
     options: RunOptions,
 ) -> pd.DataFrame:
     _check_errors(errors)
-    if batch_size is not None and batch_size < 1:
-        raise ConfigurationError(f"batch_size must be at least 1, got {batch_size}")
+    _check_names(output=output, model=model)
+    dimensions = check_whole("dimensions", dimensions, optional=True)
+    batch_size = check_whole("batch_size", batch_size, optional=True)
     job = EmbedJob.plan(values, model=model, dimensions=dimensions, truncate=truncate)
     cache = options.open_cache()
     try:
@@ -183,8 +198,9 @@ class Row(dict):  # type: ignore[type-arg]
             raise AttributeError(name) from None
 
 
-def _prompts(frame: pd.DataFrame, prompt: _chat.Prompt, positional: str | None) -> list[Any]:
-    """One prompt value per row; None for a row with an NA field (it is not sent)."""
+def _prompts(frame: pd.DataFrame, prompt: _chat.Prompt, positional: Any) -> list[Any]:
+    """One prompt value per row; None for a row with an NA field (it is not sent), a
+    :class:`_BadPrompt` for a row whose value does not take its field's format spec."""
     n = len(frame)
     if callable(prompt):
         names = [str(c) for c in frame.columns]
@@ -195,24 +211,25 @@ def _prompts(frame: pd.DataFrame, prompt: _chat.Prompt, positional: str | None) 
             f"prompt must be a template string or a function of the row, got "
             f"{type(prompt).__name__}"
         )
+    pieces = _chat.parse_template(prompt)
     fields = _chat.template_fields(prompt)
-    if positional is not None:  # a Series: "{}" is its value
-        fields = [f for f in fields if f not in ("", "0")]
-    _chat.check_fields(fields, list(frame.columns))
-    by_name = {str(c): frame[c] for c in frame.columns}
-    columns = {f: by_name[f].to_numpy(dtype=object) for f in fields}
-    na = {f: pd.isna(by_name[f]).to_numpy() for f in fields}
-    pos_values = frame[positional].to_numpy(dtype=object) if positional else None
-    pos_na = pd.isna(frame[positional]).to_numpy() if positional else None
+    where = _chat.resolve_fields(fields, list(frame.columns), positional=positional)
+    columns = {f: frame.iloc[:, j].to_numpy(dtype=object) for f, j in where.items()}
+    na = {f: pd.isna(frame.iloc[:, j]).to_numpy() for f, j in where.items()}
     out: list[Any] = []
     for i in range(n):
-        if any(na[f][i] for f in fields) or (pos_na is not None and pos_na[i]):
+        if any(na[f][i] for f in fields):
             out.append(None)
             continue
-        kwargs = {f: columns[f][i] for f in fields}
-        args = (pos_values[i],) if pos_values is not None else ()
-        out.append(prompt.format(*args, **kwargs))
+        try:
+            out.append(_chat.render(pieces, {f: columns[f][i] for f in fields}))
+        except _chat.FieldFormatError as exc:
+            out.append(_BadPrompt(f"invalid prompt: {exc}"))
     return out
+
+
+class _BadPrompt(str):
+    """A row's error in place of its prompt: it is not sent."""
 
 
 async def complete_frame(
@@ -231,11 +248,15 @@ async def complete_frame(
     errors: str,
     extra_body: dict[str, Any] | None,
     options: RunOptions,
-    positional: str | None = None,
+    positional: Any = None,
 ) -> pd.DataFrame:
     _check_errors(errors)
-    if n < 1:
-        raise ConfigurationError(f"n must be at least 1, got {n}")
+    _check_names(output=output, model=model)
+    n = check_whole("n", n)  # type: ignore[assignment]
+    max_tokens = check_whole("max_tokens", max_tokens, optional=True)
+    temperature = check_number(
+        "temperature", temperature, above=None, at_least=0, at_most=2, optional=True
+    )
     spec, model_cls = _chat.response_format_spec(response_format)
     wants_json = spec is not None and spec.get("type") in ("json_object", "json_schema")
     if expand and not wants_json:
@@ -249,6 +270,9 @@ async def complete_frame(
     bodies: dict[str, tuple[dict[str, Any], list[int]]] = {}
     for i, p in enumerate(prompts):
         if p is None:
+            continue
+        if isinstance(p, _BadPrompt):
+            errs[i] = str(p)
             continue
         try:
             messages = _chat.to_messages(p, system)

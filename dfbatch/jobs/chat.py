@@ -1,9 +1,15 @@
 """Chat completions: a template or a function per row -> request bodies -> parsed answers.
 
-A template is ``str.format`` text naming columns (``"Summarize: {text}"``); every name is
-checked against the frame before anything is sent. ``response_format`` asks for JSON
-(``"json_object"``, a JSON schema dict, or a pydantic model class); the answer is then parsed,
-and JSON that does not parse (or does not validate) is that row's error, not a crash.
+A template is text with fields (``"Summarize: {text}"``, ``"{price:.2f}"``): a field is a
+column name, exactly as the column is named (``{a.b}`` is a column called "a.b", ``{0}`` an int
+column 0), with an optional conversion (``!r``, ``!s``, ``!a``) and format spec (nested one
+level: ``{n:>{width}}``). Nothing in a field is evaluated, unlike ``str.format``'s attribute
+and index access, so a template cannot reach beyond the row's values. Every field is checked
+against the frame before anything is sent; a value its format spec refuses fails its row.
+
+``response_format`` asks for JSON (``"json_object"``, a JSON schema dict, or a pydantic model
+class); the answer is then parsed, and JSON that does not parse (or does not validate) is that
+row's error, not a crash.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import string
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..engine.errors import ConfigurationError
@@ -23,42 +30,189 @@ Prompt = str | Callable[[Any], Any]
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
 
-def template_fields(template: str) -> list[str]:
-    """The column names a template uses, in order (``{}`` counts as the empty name).
+#: The conversions a field may carry: all three only turn the value into text.
+_CONVERSIONS: dict[str, Callable[[Any], str]] = {"r": repr, "s": str, "a": ascii}
 
-    >>> template_fields("Summarize {title}: {text!r} ({n:>3})")
-    ['title', 'text', 'n']
+
+@dataclass(frozen=True)
+class Field:
+    """One ``{...}`` of a template: a column name, a conversion (``!r``) and a format spec,
+    whose own fields (``{n:{width}}``) are columns too."""
+
+    name: str
+    conversion: str | None
+    spec: tuple[Piece, ...]
+    text: str  # as written, for messages
+
+
+#: Literal text, then the field that follows it (None at the end of the template).
+Piece = tuple[str, Field | None]
+
+
+class FieldFormatError(ValueError):
+    """A row's value does not take the field's format spec: that row's error, not the run's."""
+
+
+def parse_template(template: str) -> tuple[Piece, ...]:
+    """The template as literal text and fields; ConfigurationError when it is not valid.
+
+    A field is a column name, optionally a conversion (``!r``, ``!s``, ``!a``) and a format
+    spec (``{n:>5}``, ``{price:.2f}``, or nested: ``{n:>{width}}``). The name is never
+    evaluated: ``{text.upper}`` or ``{text[0]}`` name a column called exactly that.
+
+    >>> [(lit, f and f.name) for lit, f in parse_template("Sum {a} {{x}} {n:>{w}}")]
+    [('Sum ', 'a'), (' {x} ', 'n'), ('', None)]
     """
-    names: list[str] = []
     try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ConfigurationError(f"prompt template is not valid: {exc}") from exc
-    for _, name, _, _ in parsed:
+        return _parse(template, depth=0)
+    except ConfigurationError:
+        raise  # already says which field and why
+    except ValueError as exc:  # string.Formatter's own: unmatched braces and the like
+        raise ConfigurationError(
+            f"prompt template is not valid: {exc}; write a literal brace as {{{{ or }}}}"
+        ) from exc
+
+
+def _parse(text: str, *, depth: int) -> tuple[Piece, ...]:
+    pieces: list[Piece] = []
+    literal = ""  # parse() splits literal text at each {{ and }}: join it back
+    for text_part, name, spec, conversion in string.Formatter().parse(text):
+        literal += text_part
         if name is None:
             continue
-        base = name.split(".")[0].split("[")[0]
-        if base not in names:
-            names.append(base)
-    return names
+        written = (
+            "{"
+            + name
+            + (f"!{conversion}" if conversion else "")
+            + (f":{spec}" if spec else "")
+            + "}"
+        )
+        if conversion is not None and conversion not in _CONVERSIONS:
+            raise ConfigurationError(
+                f"prompt field {written}: unknown conversion !{conversion}; use !r, !s or !a, "
+                "or none"
+            )
+        nested = _parse(spec, depth=depth + 1) if spec and "{" in spec else ((spec or "", None),)
+        if depth and any(f is not None for _, f in nested):
+            raise ConfigurationError(
+                f"prompt field {written}: a field inside a format spec cannot have fields of "
+                "its own; one level of nesting ({n:>{width}}) is the most"
+            )
+        pieces.append((literal, Field(name, conversion, nested, written)))
+        literal = ""
+    pieces.append((literal, None))
+    return tuple(pieces)
+
+
+def _fields(pieces: tuple[Piece, ...]) -> list[Field]:
+    out: list[Field] = []
+    for _, field in pieces:
+        if field is not None:
+            out.append(field)
+            out.extend(_fields(field.spec))
+    return out
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a template uses, in order, each once (``{}`` is the empty name).
+
+    >>> template_fields("Summarize {title}: {text!r} ({n:>{width}})")
+    ['title', 'text', 'n', 'width']
+    """
+    return list(dict.fromkeys(f.name for f in _fields(parse_template(template))))
 
 
 def check_template(template: str, columns: Sequence[Any]) -> list[str]:
-    """Fail before any request when the template names a column the frame lacks."""
+    """Fail before any request unless every field of the template is a column of the frame."""
     return check_fields(template_fields(template), columns)
 
 
-def check_fields(fields: list[str], columns: Sequence[Any]) -> list[str]:
-    """Fail before any request when a field is not a column of the frame."""
-    available = {str(c) for c in columns}
-    missing = [f for f in fields if f not in available]
-    if missing:
-        shown = ", ".join(repr(c) for c in list(available)[:20])
-        raise ConfigurationError(
-            f"the prompt names column {missing[0]!r}, which the DataFrame does not have "
-            f"(columns: {shown}); fix the template, or escape literal braces as {{{{ }}}}"
-        )
+def check_fields(fields: list[str], columns: Sequence[Any], *, positional: Any = None) -> list[str]:
+    """Fail before any request when a field is not a column of the frame; see
+    :func:`resolve_fields`."""
+    resolve_fields(fields, columns, positional=positional)
     return fields
+
+
+def resolve_fields(
+    fields: list[str], columns: Sequence[Any], *, positional: Any = None
+) -> dict[str, int]:
+    """Each field's column, by position: the column whose label, as text, is exactly the
+    field's name (so a column named ``"a.b"`` is ``{a.b}``, an int column ``0`` is ``{0}``).
+    With ``positional`` (a Series' own column), ``{}`` and ``{0}`` name that column.
+    ConfigurationError, naming the field and the fix, when a field is no column or two.
+    """
+    labels = list(columns)
+    by_name: dict[str, list[int]] = {}
+    for j, label in enumerate(labels):
+        by_name.setdefault(str(label), []).append(j)
+    if positional is not None:
+        where = [j for j, label in enumerate(labels) if label == positional]
+        for name in ("", "0"):
+            if name not in by_name or name == str(positional):
+                by_name[name] = where
+    out: dict[str, int] = {}
+    for name in fields:
+        found = by_name.get(name, [])
+        if len(found) > 1:
+            raise ConfigurationError(
+                f"the prompt field {{{name}}} matches {len(found)} columns "
+                f"({', '.join(repr(labels[j]) for j in found)}); rename the columns so that "
+                "each name is unique"
+            )
+        if not found:
+            raise _not_a_column(name, labels)
+        out[name] = found[0]
+    return out
+
+
+def _not_a_column(name: str, labels: list[Any]) -> ConfigurationError:
+    shown = ", ".join(repr(str(c)) for c in labels[:20]) + (", ..." if len(labels) > 20 else "")
+    what = "a field is a column name, optionally with a format spec ({text}, {n:>5})"
+    if name == "":
+        return ConfigurationError(
+            f"the prompt has an empty field {{}}, and the DataFrame has no column named '' "
+            f"(columns: {shown}); {what}. Name a column, or write literal braces as {{{{ }}}}"
+        )
+    base = name.split(".")[0].split("[")[0]
+    if base != name and base in {str(c) for c in labels}:
+        return ConfigurationError(
+            f"the prompt field {{{name}}} is not a column: {what}; attribute and index access "
+            "(. and [ ]) are not evaluated. Put the value in a column first, or pass a "
+            "function of the row as the prompt (lambda row: ...)"
+        )
+    return ConfigurationError(
+        f"the prompt names column {name!r}, which the DataFrame does not have "
+        f"(columns: {shown}); {what} that must equal a column name exactly. Fix the "
+        "template, or escape literal braces as {{{{ }}}}"
+    )
+
+
+def render(pieces: tuple[Piece, ...], row: Mapping[str, Any]) -> str:
+    """The template filled with ``row`` (field name -> value); no attribute or index lookup.
+
+    Raises :class:`FieldFormatError` when a value does not take its field's format spec.
+
+    >>> render(parse_template("{a!r} {n:>{w}}|"), {"a": "x", "n": 7, "w": 3})
+    "'x'   7|"
+    """
+    out: list[str] = []
+    for literal, field in pieces:
+        out.append(literal)
+        if field is None:
+            continue
+        value = row[field.name]
+        spec = render(field.spec, row) if field.spec else ""
+        try:
+            if field.conversion is not None:
+                value = _CONVERSIONS[field.conversion](value)
+            out.append(format(value, spec))
+        except Exception as exc:  # any __format__: one row's data, not the run's
+            raise FieldFormatError(
+                f"prompt field {field.text} cannot format this row's "
+                f"{type(value).__name__} value: {exc}"
+            ) from exc
+    return "".join(out)
 
 
 def response_format_spec(response_format: Any) -> tuple[dict[str, Any] | None, Any]:

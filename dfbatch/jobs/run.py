@@ -14,8 +14,10 @@ from os import PathLike
 from typing import Any
 
 from ..engine import constants as C
+from ..engine.checks import check_number, check_whole
 from ..engine.config import ApiConfig
 from ..engine.core import Engine, run_stats_summary
+from ..engine.errors import ConfigurationError
 from ..engine.transport import Transport
 from ..engine.types import Outcome, Request
 from .progress import Progress
@@ -55,6 +57,13 @@ class RunOptions:
         cache: CacheOption = True,
         transport: Transport | None = None,
     ) -> RunOptions:
+        """Check every option before anything is opened or sent (ConfigurationError)."""
+        rpm = check_number("rpm", rpm, optional=True)
+        tpm = check_number("tpm", tpm, optional=True)
+        max_attempts = check_whole("max_attempts", max_attempts)  # type: ignore[assignment]
+        max_in_flight = check_whole("max_in_flight", max_in_flight)  # type: ignore[assignment]
+        timeout = check_number("timeout", timeout)  # type: ignore[assignment]
+        _check_cache(cache)
         api = ApiConfig.resolve(base_url=base_url, api_key=api_key, api_version=api_version)
         return cls(api, rpm, tpm, max_attempts, max_in_flight, timeout, progress, cache, transport)
 
@@ -76,11 +85,26 @@ class RunOptions:
         """The response cache to use, or ``None`` (``cache=False``)."""
         if self.cache is False or self.cache is None:
             return None
-        from ..cache.store import ResponseCache
+        from ..cache.store import ResponseCache, open_for_run
 
         if isinstance(self.cache, ResponseCache):
             return self.cache
-        return ResponseCache(None if self.cache is True else self.cache)
+        return open_for_run(None if self.cache is True else self.cache)
+
+
+def _check_cache(cache: Any) -> None:
+    """``cache`` is True, False (or None), a file path or a ResponseCache; else refused."""
+    if cache is True or cache is False or cache is None:
+        return
+    if isinstance(cache, PathLike) or (isinstance(cache, str) and cache.strip()):
+        return
+    if hasattr(cache, "get_many") and hasattr(cache, "put"):  # a ResponseCache (or alike)
+        return
+    raise ConfigurationError(
+        "cache must be True (the per-user store), False (no cache), a file path or a "
+        f"ResponseCache; got {cache!r} ({type(cache).__name__}). Pass cache=False to turn "
+        "it off"
+    )
 
 
 async def execute(

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._errors import ConfigurationError
+from ._retry import InvalidAnswer, check_usage, quote
 
 ENDPOINT = "/chat/completions"
 
@@ -164,30 +165,87 @@ def parse_choice(content: Any, *, wants_json: bool, model_cls: Any) -> Any:
     return value
 
 
-def parse_response(
-    response: Any, *, n: int, wants_json: bool, model_cls: Any
-) -> tuple[Any, dict[str, Any]]:
-    """The row's value (a list when ``n > 1``) and its usage; ValueError when unusable."""
+def check_chat(sent: Mapping[str, Any], response: Any) -> None:
+    """Raise InvalidAnswer unless ``response`` is a chat completion answering the body
+    ``sent``: ``n`` choices, indexed 0 to n-1 once each, each a message whose content is text,
+    or null with the tool calls (or audio) the request asked for; and a valid ``usage``.
+    A refusal is the request's error (code ``refusal``), quoting what the model said.
+
+    >>> check_chat({}, {"choices": [{"message": {"content": None, "refusal": "No."}}]})
+    Traceback (most recent call last):
+    dfbatch._retry.InvalidAnswer: the model refused: 'No.'
+    """
     choices = response.get("choices") if isinstance(response, dict) else None
     if not isinstance(choices, list) or not choices:
-        raise ValueError("invalid response: no choices")
-    by_index: dict[int, Any] = {}
-    finish: list[Any] = []
+        raise InvalidAnswer("no choices")
+    n = sent.get("n")
+    n = n if type(n) is int and n >= 1 else 1
+    if len(choices) != n:
+        raise InvalidAnswer(f"{len(choices)} choices where n={n} was asked")
+    tools = bool(sent.get("tools") or sent.get("functions"))
+    modalities = sent.get("modalities")
+    audio = isinstance(modalities, list) and "audio" in modalities
+    seen: set[int] = set()
     for pos, choice in enumerate(choices):
         if not isinstance(choice, dict):
-            raise ValueError("invalid response: a choice is not an object")
-        message = choice.get("message") or {}
-        content = message.get("content") if isinstance(message, dict) else None
-        if content is None and "text" in choice:  # legacy /completions
-            content = choice["text"]
-        if content is None and isinstance(message, dict) and message.get("refusal"):
-            raise ValueError(f"the model refused: {message['refusal']}")
-        by_index[int(choice.get("index", pos))] = parse_choice(
-            content, wants_json=wants_json, model_cls=model_cls
+            raise InvalidAnswer("a choice is not an object")
+        index = choice.get("index", pos)
+        if type(index) is not int or not 0 <= index < n or index in seen:
+            raise InvalidAnswer(f"choice index {quote(index)} out of range or given twice")
+        seen.add(index)
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise InvalidAnswer("a choice has no message object")
+        content = message.get("content")
+        if isinstance(content, str):
+            continue
+        if content is not None:
+            raise InvalidAnswer(f"the message's content is not text: {quote(content)}")
+        refusal = message.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            raise InvalidAnswer(f"the model refused: {quote(refusal)}", code="refusal")
+        calls = message.get("tool_calls")
+        if tools and (
+            (isinstance(calls, list) and calls) or isinstance(message.get("function_call"), dict)
+        ):
+            continue
+        if audio and isinstance(message.get("audio"), dict):
+            continue
+        raise InvalidAnswer(
+            f"the answer has no content (finish_reason {quote(choice.get('finish_reason'))})"
         )
+    check_usage(response)
+
+
+def parse_response(
+    response: Any,
+    *,
+    n: int,
+    wants_json: bool,
+    model_cls: Any,
+    sent: Mapping[str, Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """The row's value (a list when ``n > 1``) and its usage; ValueError when unusable.
+
+    The answer is checked first (:func:`check_chat` against the body ``sent``). A message
+    with tool calls (or audio) the request asked for, and no content, has those as its value.
+    """
+    check_chat({"n": n} if sent is None else sent, response)
+    by_index: dict[int, Any] = {}
+    finish: list[Any] = []
+    for pos, choice in enumerate(response["choices"]):
+        message = choice["message"]
+        content = message.get("content")
+        if content is None:
+            value = message.get("tool_calls") or message.get("function_call")
+            by_index[choice.get("index", pos)] = value or message.get("audio")
+        else:
+            by_index[choice.get("index", pos)] = parse_choice(
+                content, wants_json=wants_json, model_cls=model_cls
+            )
         finish.append(choice.get("finish_reason"))
     values = [by_index[i] for i in sorted(by_index)]
-    usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+    usage = response.get("usage") or {}
     info = {
         "prompt_tokens": usage.get("prompt_tokens"),
         "completion_tokens": usage.get("completion_tokens"),

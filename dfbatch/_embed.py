@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import binascii
 import mmap
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 import pybase64
 
 from . import _constants as C
 from ._cache import embedding_digests
+from ._retry import InvalidAnswer, check_usage, quote
 from ._tokens import count_texts, encoding_name_for_model, load_encoding
 from ._types import ErrorInfo, Outcome, Request
 
@@ -34,6 +36,25 @@ def skip_reason(value: Any) -> str | None:
         return f"invalid input: not a string ({type(value).__name__})"
     if not value:
         return "invalid input: empty text"
+    problem = unicode_problem(value)
+    return None if problem is None else f"invalid input: {problem}"
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` cannot be sent (it is not valid Unicode: a lone surrogate), or None.
+
+    A request body is UTF-8: one such text would fail every input packed with it.
+
+    >>> print(unicode_problem("abc"), unicode_problem("abc\\ud800"), sep="; ")
+    None; the text is not valid Unicode (lone surrogate \\ud800 at character 3)
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.start + 1].encode("unicode_escape").decode("ascii")
+        return f"the text is not valid Unicode (lone surrogate {bad} at character {exc.start})"
     return None
 
 
@@ -199,8 +220,13 @@ class EmbedJob:
         if outcome.error is not None:
             self._fail(batch, str(outcome.error))
             return rows, rows
-        try:
-            positions, matrix = parse_embeddings(outcome.response, len(batch))
+        try:  # the engine checked the answer (outcome.value); an outcome made elsewhere is
+            # checked here, so nothing unchecked is placed or cached
+            positions, matrix = (
+                outcome.value
+                if outcome.value is not None
+                else check_embeddings(outcome.request.body, outcome.response)
+            )
         except ValueError as exc:
             self._fail(batch, f"invalid response: {exc}")
             return rows, rows
@@ -296,17 +322,39 @@ def _decode_base64(value: str) -> bytes:
 
 
 def decode_vector(value: Any) -> np.ndarray:
-    """A float32 vector from base64 (little-endian float32) or a JSON list of floats."""
+    """A float32 vector from base64 (little-endian float32) or a JSON list of numbers.
+
+    ValueError for anything else: a nested list, a string, a bool or null among the numbers,
+    an integer beyond any float. Numbers beyond float32 become infinite (refused later).
+    """
     if isinstance(value, str):
         return np.frombuffer(_decode_base64(value), dtype="<f4")
     if isinstance(value, list):
-        return np.asarray(value, dtype=np.float32)
-    raise ValueError(f"embedding of unexpected type {type(value).__name__}")
+        try:  # exactly ints and floats, in C (numpy would take "1.5", True and null)
+            numbers = msgspec.convert(value, list[float])
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"an embedding is not a list of numbers ({exc})") from None
+        with np.errstate(over="ignore"):
+            return np.asarray(numbers, dtype=np.float32)
+    kind = "null" if value is None else type(value).__name__
+    raise ValueError(f"embedding of unexpected type {kind}")
+
+
+def input_count(value: Any) -> int:
+    """How many inputs a request body's ``input`` holds (a list of token ids is one input).
+
+    >>> input_count("a"), input_count(["a", "b"]), input_count([1, 2, 3]), input_count([[1], [2]])
+    (1, 2, 1, 2)
+    """
+    if isinstance(value, list):
+        return 1 if value and type(value[0]) is int else len(value)
+    return 1
 
 
 def parse_embeddings(response: Any, n_inputs: int) -> tuple[list[int], np.ndarray]:
     """A response's vectors as one float32 matrix: row ``i`` answers input ``positions[i]``,
     joined on each item's ``index`` (servers may reorder); an input without an item is absent.
+    ValueError when the answer cannot be read so.
 
     >>> parse_embeddings({"data": [{"index": 1, "embedding": [1, 2]}]}, 2)
     ([1], array([[1., 2.]], dtype=float32))
@@ -318,10 +366,10 @@ def parse_embeddings(response: Any, n_inputs: int) -> tuple[list[int], np.ndarra
     values: list[Any] = []
     for pos, item in enumerate(data):
         index = item.get("index", pos) if isinstance(item, dict) else None
-        if not isinstance(index, int) or not 0 <= index < n_inputs:
-            raise ValueError(f"embedding index {index!r} out of range")
+        if type(index) is not int or not 0 <= index < n_inputs:
+            raise ValueError(f"embedding index {quote(index)} out of range")
         positions.append(index)
-        values.append(item.get("embedding"))
+        values.append(item.get("embedding"))  # type: ignore[union-attr]
     if len(set(positions)) < len(positions):
         raise ValueError("an embedding index given twice")
     if values and all(type(v) is str for v in values):
@@ -331,12 +379,51 @@ def parse_embeddings(response: Any, n_inputs: int) -> tuple[list[int], np.ndarra
         if len(sizes) > 1:
             lengths = sorted(size // 4 for size in sizes)
             raise ValueError(f"embeddings of different lengths in one response: {lengths}")
-        return positions, np.frombuffer(b"".join(raws), "<f4").reshape(len(raws), -1)
+        width = sizes.pop() // 4
+        return positions, np.frombuffer(b"".join(raws), "<f4").reshape(len(raws), width)
     vectors = [decode_vector(v) for v in values]
     dims = {v.shape[0] for v in vectors}
     if len(dims) > 1:
         raise ValueError(f"embeddings of different lengths in one response: {sorted(dims)}")
     return positions, np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
+
+
+def check_embeddings(sent: Mapping[str, Any], response: Any) -> tuple[list[int], np.ndarray]:
+    """An answer to the embeddings request body ``sent``, read (:func:`parse_embeddings`) and
+    checked before it counts or is cached: vectors of the length asked (``dimensions``, else
+    the model's own when known), at most EMBED_MAX_DIMENSIONS long, every number finite, and a
+    valid ``usage``. Raises InvalidAnswer; NaN or infinite values are retried (a glitch).
+
+    >>> check_embeddings({"model": "m", "input": ["a"], "dimensions": 2},
+    ...                  {"data": [{"index": 0, "embedding": [1.0]}]})
+    Traceback (most recent call last):
+    dfbatch._retry.InvalidAnswer: vectors of 1 dimensions where dimensions=2 was asked
+    """
+    try:
+        positions, matrix = parse_embeddings(response, input_count(sent.get("input")))
+    except ValueError as exc:
+        raise InvalidAnswer(str(exc)) from None
+    if positions:
+        width = matrix.shape[1]
+        asked, model = sent.get("dimensions"), sent.get("model")
+        expected, why = None, ""
+        if type(asked) is int:
+            expected, why = asked, f"dimensions={asked} was asked"
+        elif isinstance(model, str) and model in C.EMBEDDING_DIMENSIONS:
+            expected = C.EMBEDDING_DIMENSIONS[model]
+            why = f"{model} gives {expected}"
+        if width == 0:
+            raise InvalidAnswer("empty embedding vectors")
+        if expected is not None and width != expected:
+            raise InvalidAnswer(f"vectors of {width} dimensions where {why}")
+        if width > C.EMBED_MAX_DIMENSIONS:
+            raise InvalidAnswer(
+                f"vectors of {width:,} dimensions, over the {C.EMBED_MAX_DIMENSIONS:,} accepted"
+            )
+        if not np.isfinite(matrix).all():
+            raise InvalidAnswer("vectors with NaN or infinite values", retry=True)
+    check_usage(response)
+    return positions, matrix
 
 
 def failed_on_format(outcome: Outcome) -> bool:

@@ -27,9 +27,10 @@ from ._config import ApiConfig
 from ._errors import ConfigurationError, RunAbortedError
 from ._http import default_transport
 from ._limiter import Limiter, RateHeaders, Ticket
-from ._retry import Action, Verdict, backoff, classify_exception, classify_response
+from ._retry import Action, Verdict, backoff, classify_exception, classify_response, usage_total
 from ._transport import Transport, TransportError
 from ._types import ErrorInfo, Outcome, Request, RunStats
+from ._validate import answer_check
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +262,7 @@ class Engine:
         except TypeError as exc:  # e.g. a numpy value in extra_body: that row fails alone
             error = ErrorInfo(None, "invalid_request", f"the request body is not JSON: {exc}")
             return self._failed(request, Verdict(Action.FAIL_ROW, error=error), 0)
+        check = answer_check(request.endpoint, request.body)  # before it counts or is cached
         attempt = 0
         while True:
             attempt += 1
@@ -274,7 +276,7 @@ class Engine:
                     verdict = classify_exception(exc.kind, str(exc))
                     rate = None
                 else:
-                    verdict = classify_response(raw.status, raw.headers, raw.body)
+                    verdict = classify_response(raw.status, raw.headers, raw.body, check=check)
                     rate = RateHeaders.parse(raw.headers)
                 if verdict.action is Action.ABORT:
                     gate.close()  # before the slot frees: nothing else may go out
@@ -290,10 +292,8 @@ class Engine:
 
             if verdict.action is Action.SUCCESS:
                 stats.succeeded += 1
-                usage = verdict.body.get("usage") if isinstance(verdict.body, dict) else None
-                if isinstance(usage, dict):
-                    stats.tokens_used += int(usage.get("total_tokens") or 0)
-                return Outcome(request, response=verdict.body, attempts=attempt)
+                stats.tokens_used += usage_total(verdict.body)
+                return Outcome(request, verdict.body, attempts=attempt, value=verdict.value)
             if verdict.action is Action.ABORT:
                 raise self._abort_error(verdict)
             if verdict.action is Action.RETRY and attempt < self.max_attempts:

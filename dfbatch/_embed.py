@@ -315,7 +315,10 @@ def _decode_base64(value: str) -> bytes:
     try:  # validate=True takes pybase64's SIMD path: 3x faster than without, 18x binascii
         raw = pybase64.b64decode(value, validate=True)
     except binascii.Error:  # stray characters (a line break...): the lenient decoder skips them
-        raw = pybase64.b64decode(value)
+        try:
+            raw = pybase64.b64decode(value)
+        except ValueError as exc:  # binascii.Error, or characters that are not ASCII
+            raise ValueError(f"an embedding is not base64 ({exc})") from None
     if len(raw) % 4:
         raise ValueError("base64 embedding is not a whole number of float32 values")
     return raw

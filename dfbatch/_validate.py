@@ -38,7 +38,7 @@ def answer_check(endpoint: str, sent: Mapping[str, Any]) -> Check:
     >>> answer_check(url, {}).func is check_embeddings
     True
     """
-    path = urlsplit(endpoint).path.rstrip("/")
+    path = "/" + urlsplit(endpoint).path.strip("/")
     if path.endswith("/embeddings"):
         return partial(check_embeddings, sent)
     if path.endswith("/chat/completions"):

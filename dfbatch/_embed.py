@@ -372,7 +372,7 @@ def parse_embeddings(response: Any, n_inputs: int) -> tuple[list[int], np.ndarra
         if type(index) is not int or not 0 <= index < n_inputs:
             raise ValueError(f"embedding index {quote(index)} out of range")
         positions.append(index)
-        values.append(item.get("embedding"))  # type: ignore[union-attr]
+        values.append(item.get("embedding"))
     if len(set(positions)) < len(positions):
         raise ValueError("an embedding index given twice")
     if values and all(type(v) is str for v in values):

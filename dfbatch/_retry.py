@@ -88,11 +88,11 @@ class Verdict:
 
     action: Action
     body: Any = None  # the parsed JSON on success
-    value: Any = None  # what the answer check made of the body (e.g. the decoded vectors)
     error: ErrorInfo | None = None
     retry_after: float | None = None  # seconds the server asked for
     rate_limited: bool = False  # a 429 that should slow the whole run
     abort: type[RunAbortedError] | None = None
+    value: Any = None  # what the answer check made of the body (e.g. the decoded vectors)
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -281,6 +281,12 @@ def classify_response(
         except InvalidAnswer as exc:
             info = ErrorInfo(status, exc.code, str(exc), request_id=request_id)
             return Verdict(Action.RETRY if exc.retry else Action.FAIL_ROW, error=info)
+        except Exception as exc:  # last resort: the checks validate explicitly, and a shape
+            # they missed must still be this request's error, not the end of the run
+            reason = str(exc)[: C.ERROR_QUOTE_CHARS]
+            message = f"the answer could not be checked ({type(exc).__name__}: {reason})"
+            info = ErrorInfo(status, "invalid_response", message, request_id=request_id)
+            return Verdict(Action.FAIL_ROW, error=info)
         return Verdict(Action.SUCCESS, body=parsed, value=value)
 
     reason = _STATUS_TEXT.get(status, "error")

@@ -273,6 +273,20 @@ def test_every_hostile_body_gets_a_verdict_never_an_exception(
             assert verdict.error is not None and len(str(verdict.error)) < 1_000
 
 
+def test_a_check_that_breaks_is_still_only_that_requests_error() -> None:
+    """The last resort: a shape the checks did not foresee fails its request, not the run."""
+
+    def broken(body: Any) -> None:
+        raise KeyError("surprise")
+
+    verdict = classify_response(200, {"x-request-id": "req_1"}, b"{}", check=broken)
+    assert verdict.action is Action.FAIL_ROW and verdict.error is not None
+    assert str(verdict.error) == (
+        "HTTP 200 invalid_response: the answer could not be checked (KeyError: 'surprise') "
+        "(request id req_1)"
+    )
+
+
 def test_json_depth_is_measured_exactly() -> None:
     """64 levels pass, 65 do not; a float vector or a wide object is not walked element-wise."""
     assert not json_too_deep(json.loads(deep(64)), 64)

@@ -210,6 +210,10 @@ def test_zero_length_vectors_with_the_cache_on_fail_their_rows_and_are_not_cache
         ({"choices": [7]}, "a choice is not an object"),
         ({"choices": [{"message": None}]}, "a choice has no message object"),
         ({"choices": [{"message": {"content": ["a"]}}]}, "the message's content is not text"),
+        (  # msgspec refuses a lone surrogate: no frame or file is handed text it cannot hold
+            b'{"choices": [{"message": {"content": "ab\\ud800"}}]}',
+            "the server answered 200 with a body that is not JSON",
+        ),
         ({"choices": [{"index": 3, "message": {"content": "x"}}]}, "choice index 3 out of range"),
         ({"choices": [{"message": {"content": "x"}}], "usage": []}, "usage is not an object"),
         (

@@ -567,7 +567,7 @@ def test_check_embeddings_names_the_first_problem() -> None:
 # -- 9. a text that cannot be sent fails alone ---------------------------------------------------
 
 
-def test_a_lone_surrogate_fails_its_own_row_not_the_2048_packed_with_it() -> None:
+def test_a_lone_surrogate_fails_its_own_row_not_the_rows_packed_with_it() -> None:
     """embed(): "abc\\ud800" is refused before packing; the other rows go in one request."""
     texts = [f"row {i}" for i in range(100)]
     texts[50] = "abc\ud800"  # an object column: pandas' string dtype cannot hold it at all

@@ -90,7 +90,7 @@ def install() -> None:
     wrap(job, "store", "  store (copy a vector into the block)")
     wrap(job, "column", "column (one view per row)")
     wrap(job, "error_column", "error_column")
-    wrap(_embed, "parse_embeddings", "  receive: parse_embeddings (base64)")
+    wrap(_embed, "parse_embeddings", "  classify: parse_embeddings (base64)")
     rc = _cache.ResponseCache
     wrap(rc, "__init__", "cache: open")
     wrap(rc, "get_vectors", "cache: get_vectors")
@@ -100,7 +100,7 @@ def install() -> None:
     wrap(rc, "maybe_flush", "cache: maybe_flush (write to SQLite)")
     wrap(rc, "flush", "cache: flush (all, incl. from maybe_flush)")
     wrap(rc, "close", "cache: close")
-    wrap(_retry, "classify_response", "engine: classify_response (JSON parse)")
+    wrap(_retry, "classify_response", "engine: classify_response (JSON parse, answer check)")
     if hasattr(_engine, "classify_response"):
         _engine.classify_response = _retry.classify_response
     _frames.execute = timed_async("execute (engine run, await)", _run.execute)

@@ -55,8 +55,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(500, {"error": error})
         if "moved" in joined:
             return self._send(307, {}, {"Location": api.redirect_to or "http://127.0.0.1:9/"})
+        # vectors of the length asked, else the model's own (answers are checked for it),
+        # starting with the input's length so that tests can tell rows apart
+        dims = body.get("dimensions") or (
+            3072 if body.get("model") == "text-embedding-3-large" else 1536
+        )
         data = [
-            {"object": "embedding", "index": i, "embedding": [float(len(str(t))), 1.0, 2.0, 3.0]}
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": [float(len(str(t))), 1.0, 2.0, 3.0] + [0.0] * (dims - 4),
+            }
             for i, t in enumerate(texts)
         ]
         answer: dict[str, Any] = {"object": "list", "data": data, "model": body.get("model")}

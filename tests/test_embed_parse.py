@@ -7,8 +7,9 @@ import base64
 import numpy as np
 import pytest
 
+from dfbatch.engine.answers import decode_vector, parse_embeddings
 from dfbatch.engine.types import Outcome, Request
-from dfbatch.jobs.embed import EmbedJob, decode_vector, parse_embeddings
+from dfbatch.jobs.embed import EmbedJob
 
 
 def b64(vector: np.ndarray) -> str:

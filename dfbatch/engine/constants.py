@@ -66,6 +66,26 @@ EMBED_MAX_INPUTS = 2_048
 EMBED_MAX_REQUEST_TOKENS = 300_000
 EMBED_MAX_INPUT_TOKENS = 8_191
 
+#: Vector lengths accepted in an answer: the largest models known give 4,096; a longer vector
+#: is refused before a block of rows x dimensions is allocated for it.
+EMBED_MAX_DIMENSIONS = 16_384
+#: Native vector length of known embedding models: an answer of another length, when no
+#: ``dimensions`` was asked, is a wrong answer (never cached).
+EMBEDDING_DIMENSIONS = {
+    "text-embedding-3-small": 1_536,
+    "text-embedding-3-large": 3_072,
+    "text-embedding-ada-002": 1_536,
+}
+
+#: Answers: JSON nested deeper than this is refused before anything walks it (OpenAI's nest
+#: about 8 deep; json.dumps and repr recurse and fail near 1,000, orjson at 255).
+RESPONSE_MAX_DEPTH = 64
+#: Answers: the largest token count a ``usage`` field may report for one request (a 2M-token
+#: context times n = 128 is 256M); anything else there is a wrong answer, never counted.
+USAGE_MAX_TOKENS = 10**9
+#: Characters of a server's or a model's text quoted in a row's error (a refusal, a bad value).
+ERROR_QUOTE_CHARS = 300
+
 #: Chat token formula (OpenAI cookbook, current models): overhead per message, per ``name``,
 #: and for priming the reply; TPM estimates must match how the server counts prompts.
 CHAT_TOKENS_PER_MESSAGE = 3

@@ -24,12 +24,13 @@ from typing import Any
 import orjson
 
 from . import constants as C
+from .answers import answer_check
 from .checks import check_number, check_whole
 from .config import ApiConfig, redact
 from .errors import RunAbortedError
 from .http_client import default_transport
 from .limiter import Limiter, RateHeaders, Ticket
-from .retry import Action, Verdict, backoff, classify_exception, classify_response
+from .retry import Action, Verdict, backoff, classify_exception, classify_response, usage_total
 from .transport import Transport, TransportError
 from .types import ErrorInfo, Outcome, Request, RunStats
 
@@ -268,6 +269,7 @@ class Engine:
         except TypeError as exc:  # e.g. a numpy value in extra_body: that row fails alone
             error = ErrorInfo(None, "invalid_request", f"the request body is not JSON: {exc}")
             return self._failed(request, Verdict(Action.FAIL_ROW, error=error), 0)
+        check = answer_check(request.endpoint, request.body)  # before it counts or is cached
         attempt = 0
         while True:
             attempt += 1
@@ -281,7 +283,7 @@ class Engine:
                     verdict = classify_exception(exc.kind, str(exc))
                     rate = None
                 else:
-                    verdict = classify_response(raw.status, raw.headers, raw.body)
+                    verdict = classify_response(raw.status, raw.headers, raw.body, check=check)
                     rate = RateHeaders.parse(raw.headers)
                 if verdict.error is not None:  # the one place a server's words become an
                     verdict = _scrubbed(verdict, secrets)  # error: take the key out of them
@@ -299,10 +301,8 @@ class Engine:
 
             if verdict.action is Action.SUCCESS:
                 stats.succeeded += 1
-                usage = verdict.body.get("usage") if isinstance(verdict.body, dict) else None
-                if isinstance(usage, dict):
-                    stats.tokens_used += int(usage.get("total_tokens") or 0)
-                return Outcome(request, response=verdict.body, attempts=attempt)
+                stats.tokens_used += usage_total(verdict.body)
+                return Outcome(request, verdict.body, attempts=attempt, value=verdict.value)
             if verdict.action is Action.ABORT:
                 raise self._abort_error(verdict)
             if verdict.action is Action.RETRY and attempt < self.max_attempts:

@@ -6,8 +6,11 @@ Pure functions over a status, headers and bytes (or a network error's kind), ret
 ========================================  ============================================
 answer                                    verdict
 ========================================  ============================================
-2xx with a JSON body                      SUCCESS
+2xx with a JSON body the answer check     SUCCESS
+accepts (see ``dfbatch.engine.answers``)
 2xx whose body is not JSON (a proxy page) RETRY
+or nests deeper than RESPONSE_MAX_DEPTH
+2xx the answer check refuses              FAIL_ROW, or RETRY when asking again can help
 3xx (a redirect: never followed)          FAIL_ROW: the key must not go elsewhere
 408, 409, 5xx, timeouts, connection drops RETRY
 an answer over a size cap (``too_large``) FAIL_ROW: the same request gets it again
@@ -31,7 +34,7 @@ from __future__ import annotations
 import enum
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -56,6 +59,24 @@ _TRY_AGAIN_IN = re.compile(
 )
 
 
+class InvalidAnswer(ValueError):
+    """A 2xx answer that is not what was asked (raised by an answer check).
+
+    ``retry`` when asking again can help (a glitch such as NaN in vectors); ``code`` is the
+    row error's code (``"refusal"`` when the model declined).
+    """
+
+    def __init__(self, message: str, *, retry: bool = False, code: str = "invalid_response"):
+        super().__init__(message)
+        self.retry = retry
+        self.code = code
+
+
+#: What an answer check gets (the parsed JSON of a 2xx body) and returns: what it made of the
+#: body (or None); it raises :class:`InvalidAnswer` when the body is not a valid answer.
+Check = Callable[[Any], Any]
+
+
 class Action(enum.Enum):
     SUCCESS = "success"
     RETRY = "retry"
@@ -73,6 +94,7 @@ class Verdict:
     retry_after: float | None = None  # seconds the server asked for
     rate_limited: bool = False  # a 429 that should slow the whole run
     abort: type[RunAbortedError] | None = None
+    value: Any = None  # what the answer check made of the body (e.g. the decoded vectors)
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -135,28 +157,139 @@ def _is_quota(info: ErrorInfo) -> bool:
     return False
 
 
+def json_too_deep(value: Any, limit: int) -> bool:
+    """Whether decoded JSON nests lists and objects more than ``limit`` levels deep.
+
+    Walks one level at a time, containers only; a list of numbers (a float vector) is passed
+    over by one ``sum`` in C, so a 60 MB float answer costs ~25 ms, not a Python step a float.
+
+    >>> json_too_deep({"a": [[1, 2.5]]}, 3), json_too_deep({"a": [[1, 2.5]]}, 2)
+    (False, True)
+    """
+    level = [value] if type(value) is list or type(value) is dict else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        inner: list[Any] = []
+        for container in level:
+            if type(container) is dict:
+                items: Any = container.values()
+            else:
+                items = container
+                try:
+                    sum(items)  # numbers only (or empty): nothing nested here
+                    continue
+                except (TypeError, OverflowError):
+                    pass
+            inner.extend(v for v in items if type(v) is list or type(v) is dict)
+        level = inner
+    return False
+
+
+def _decode(body: bytes) -> tuple[Any, str | None]:
+    """A body's JSON, or None and why it is not usable JSON (never raises)."""
+    if not body:
+        return None, "an empty body"
+    try:  # msgspec: 4x faster than json; 2x orjson on base64 embeddings; exact big integers
+        parsed = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        if isinstance(exc, msgspec.ValidationError):  # a number beyond any int or float
+            return None, f"JSON that cannot be read ({exc})"
+        return None, "a body that is not JSON"
+    except RecursionError:  # msgspec stops near 1,000 levels
+        return None, f"JSON nested deeper than {C.RESPONSE_MAX_DEPTH} levels"
+    if json_too_deep(parsed, C.RESPONSE_MAX_DEPTH):
+        return None, f"JSON nested deeper than {C.RESPONSE_MAX_DEPTH} levels"
+    return parsed, None
+
+
+def check_usage(body: Any) -> None:
+    """Raise :class:`InvalidAnswer` unless the answer's ``usage`` is absent, null, or an object
+    whose token counts are integers in [0, USAGE_MAX_TOKENS] (or absent, or null).
+
+    >>> check_usage({"usage": {"total_tokens": "lots"}})
+    Traceback (most recent call last):
+    dfbatch.engine.retry.InvalidAnswer: usage.total_tokens is not a token count: 'lots'
+    """
+    usage = body.get("usage") if type(body) is dict else None
+    if usage is None:
+        return
+    if type(usage) is not dict:
+        raise InvalidAnswer(f"usage is not an object: {quote(usage)}")
+    for key in _USAGE_KEYS:
+        n = usage.get(key)
+        if n is not None and not (type(n) is int and 0 <= n <= C.USAGE_MAX_TOKENS):
+            raise InvalidAnswer(f"usage.{key} is not a token count: {quote(n)}")
+
+
+def usage_total(body: Any) -> int:
+    """The answer's ``usage.total_tokens`` when it is a valid count, else 0 (never raises)."""
+    usage = body.get("usage") if type(body) is dict else None
+    n = usage.get("total_tokens") if type(usage) is dict else None
+    return n if type(n) is int and 0 <= n <= C.USAGE_MAX_TOKENS else 0
+
+
+def quote(value: Any, limit: int = C.ERROR_QUOTE_CHARS) -> str:
+    """A server's value for an error message: its repr, at most ``limit`` characters.
+
+    >>> quote("x" * 500, 10), quote([1, 2]), quote(None)
+    ("'xxxxxxxx…", 'an array', 'None')
+    """
+    if isinstance(value, list | dict):
+        return "an array" if isinstance(value, list) else "an object"
+    if isinstance(value, str) and len(value) > limit:
+        value = value[:limit]
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_USAGE_KEYS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "input_tokens",
+    "output_tokens",
+)
+
+
 def classify_response(
-    status: int, headers: Mapping[str, str], body: bytes, now: float | None = None
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    now: float | None = None,
+    check: Check | None = None,
 ) -> Verdict:
     """Read one HTTP answer. ``now`` is the wall-clock time for HTTP-date retry-after values
-    (``time.time()`` when not given, read only for errors)."""
-    try:  # msgspec: 4x faster than json; 2x orjson on base64 embeddings; exact big integers
-        parsed: Any = msgspec.json.decode(body) if body else None
-        is_json = bool(body)
-    except msgspec.DecodeError:
-        parsed, is_json = None, False
+    (``time.time()`` when not given, read only for errors); ``check`` reads a 2xx answer's
+    JSON and raises :class:`InvalidAnswer` when it is not what was asked."""
+    parsed, problem = _decode(body)
+    is_json = problem is None
 
     if 200 <= status < 300:
-        if is_json:
-            return Verdict(Action.SUCCESS, body=parsed)
-        snippet = body[:80].decode("utf-8", "replace") if body else ""
-        info = ErrorInfo(
-            status,
-            "invalid_response",
-            f"the server answered 200 with a body that is not JSON: {snippet!r}",
-            request_id=headers.get("x-request-id"),
-        )
-        return Verdict(Action.RETRY, error=info)
+        request_id = headers.get("x-request-id")
+        if not is_json:
+            snippet = body[:80].decode("utf-8", "replace") if body else ""
+            info = ErrorInfo(
+                status,
+                "invalid_response",
+                f"the server answered {status} with {problem}: {snippet!r}",
+                request_id=request_id,
+            )
+            return Verdict(Action.RETRY, error=info)
+        try:
+            value = check(parsed) if check is not None else None
+        except InvalidAnswer as exc:
+            info = ErrorInfo(status, exc.code, str(exc), request_id=request_id)
+            return Verdict(Action.RETRY if exc.retry else Action.FAIL_ROW, error=info)
+        except Exception as exc:  # last resort: the checks validate explicitly, and a shape
+            # they missed must still be this request's error, not the end of the run
+            reason = str(exc)[: C.ERROR_QUOTE_CHARS]
+            message = f"the answer could not be checked ({type(exc).__name__}: {reason})"
+            info = ErrorInfo(status, "invalid_response", message, request_id=request_id)
+            return Verdict(Action.FAIL_ROW, error=info)
+        return Verdict(Action.SUCCESS, body=parsed, value=value)
 
     if 300 <= status < 400:
         return Verdict(Action.FAIL_ROW, error=_redirect_info(status, headers))

@@ -50,12 +50,16 @@ class ErrorInfo:
 
 @dataclass(slots=True)
 class Outcome:
-    """The end of one request: its response JSON or its error, and how many attempts it took."""
+    """The end of one request: its response JSON or its error, and how many attempts it took.
+
+    ``value`` is what the engine's answer check made of the response (an embeddings answer's
+    decoded vectors), so a front end does not read it twice."""
 
     request: Request
     response: Any = None
     error: ErrorInfo | None = None
     attempts: int = 0
+    value: Any = None
 
     @property
     def id(self) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from ..engine.errors import ConfigurationError, RowsFailedError
 from ..engine.tokens import estimate_request_tokens
 from ..engine.types import Outcome, Request
 from ..jobs import chat as _chat
-from ..jobs.embed import EmbedJob, failed_on_format
+from ..jobs.embed import EmbedJob, failed_on_format, unicode_problem
 from ..jobs.progress import format_summary
 from ..jobs.run import RunOptions, execute, report
 
@@ -188,6 +188,19 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _text_problem(value: Any) -> str | None:
+    """Why a prompt's messages cannot be sent (a text that is not valid Unicode), or None."""
+    if isinstance(value, str):
+        return unicode_problem(value)
+    if isinstance(value, Mapping):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list | tuple):
+        for item in value:
+            if (problem := _text_problem(item)) is not None:
+                return problem
+    return None
+
+
 class Row(dict):  # type: ignore[type-arg]
     """A row for prompt functions: ``row["text"]`` and ``row.text`` both work."""
 
@@ -279,6 +292,10 @@ async def complete_frame(
         except TypeError as exc:
             errs[i] = f"invalid prompt: {exc}"
             continue
+        problem = _text_problem(messages)
+        if problem is not None:  # it would fail its request anyway: say why, before sending
+            errs[i] = f"invalid prompt: {problem}"
+            continue
         body = _chat.build_body(
             messages,
             model=model,
@@ -294,10 +311,10 @@ async def complete_frame(
         else:
             bodies[key] = (body, [i])
 
-    def place(response: Any, positions: list[int]) -> int:
+    def place(response: Any, positions: list[int], sent: dict[str, Any]) -> int:
         try:
             value, info = _chat.parse_response(
-                response, n=n, wants_json=wants_json, model_cls=model_cls
+                response, n=n, wants_json=wants_json, model_cls=model_cls, sent=sent
             )
         except (ValueError, KeyError, TypeError) as exc:
             for i in positions:
@@ -315,8 +332,13 @@ async def complete_frame(
         if cache is not None:
             hits = cache.get_many(list(bodies))
             for key, response in hits.items():
-                positions = bodies.pop(key)[1]
-                place(response, positions)
+                body, positions = bodies[key]
+                try:
+                    _chat.check_chat(body, response)
+                except ValueError:  # cached before answers were checked: asked again
+                    continue
+                del bodies[key]
+                place(response, positions, body)
                 cached_rows += len(positions)
         requests = (
             Request(
@@ -335,7 +357,7 @@ async def complete_frame(
                 for i in positions:
                     errs[i] = str(outcome.error)
                 return len(positions), len(positions)
-            failed = place(outcome.response, positions)
+            failed = place(outcome.response, positions, outcome.request.body)
             if cache is not None:
                 cache.put(outcome.request.id, outcome.response, model=model)
                 cache.maybe_flush()

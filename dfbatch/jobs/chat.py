@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.answers import check_chat
 from ..engine.errors import ConfigurationError
 
 ENDPOINT = "/chat/completions"
@@ -319,29 +320,34 @@ def parse_choice(content: Any, *, wants_json: bool, model_cls: Any) -> Any:
 
 
 def parse_response(
-    response: Any, *, n: int, wants_json: bool, model_cls: Any
+    response: Any,
+    *,
+    n: int,
+    wants_json: bool,
+    model_cls: Any,
+    sent: Mapping[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """The row's value (a list when ``n > 1``) and its usage; ValueError when unusable."""
-    choices = response.get("choices") if isinstance(response, dict) else None
-    if not isinstance(choices, list) or not choices:
-        raise ValueError("invalid response: no choices")
+    """The row's value (a list when ``n > 1``) and its usage; ValueError when unusable.
+
+    The answer is checked first (:func:`check_chat` against the body ``sent``). A message
+    with tool calls (or audio) the request asked for, and no content, has those as its value.
+    """
+    check_chat({"n": n} if sent is None else sent, response)
     by_index: dict[int, Any] = {}
     finish: list[Any] = []
-    for pos, choice in enumerate(choices):
-        if not isinstance(choice, dict):
-            raise ValueError("invalid response: a choice is not an object")
-        message = choice.get("message") or {}
-        content = message.get("content") if isinstance(message, dict) else None
-        if content is None and "text" in choice:  # legacy /completions
-            content = choice["text"]
-        if content is None and isinstance(message, dict) and message.get("refusal"):
-            raise ValueError(f"the model refused: {message['refusal']}")
-        by_index[int(choice.get("index", pos))] = parse_choice(
-            content, wants_json=wants_json, model_cls=model_cls
-        )
+    for pos, choice in enumerate(response["choices"]):
+        message = choice["message"]
+        content = message.get("content")
+        if content is None:
+            value = message.get("tool_calls") or message.get("function_call")
+            by_index[choice.get("index", pos)] = value or message.get("audio")
+        else:
+            by_index[choice.get("index", pos)] = parse_choice(
+                content, wants_json=wants_json, model_cls=model_cls
+            )
         finish.append(choice.get("finish_reason"))
     values = [by_index[i] for i in sorted(by_index)]
-    usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+    usage = response.get("usage") or {}
     info = {
         "prompt_tokens": usage.get("prompt_tokens"),
         "completion_tokens": usage.get("completion_tokens"),

@@ -9,7 +9,6 @@ block, so 100,000 x 1,536 vectors cost their raw size and nothing per float.
 
 from __future__ import annotations
 
-import binascii
 import mmap
 import sys
 from collections.abc import Iterator, Sequence
@@ -17,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pybase64
 
 from ..cache.store import embedding_digests
 from ..engine import constants as C
+from ..engine.answers import check_embeddings
 from ..engine.tokens import count_texts, encoding_name_for_model, load_encoding
 from ..engine.types import ErrorInfo, Outcome, Request
 
@@ -35,6 +34,25 @@ def skip_reason(value: Any) -> str | None:
         return f"invalid input: not a string ({type(value).__name__})"
     if not value:
         return "invalid input: empty text"
+    problem = unicode_problem(value)
+    return None if problem is None else f"invalid input: {problem}"
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` cannot be sent (it is not valid Unicode: a lone surrogate), or None.
+
+    A request body is UTF-8: one such text would fail every input packed with it.
+
+    >>> print(unicode_problem("abc"), unicode_problem("abc\\ud800"), sep="; ")
+    None; the text is not valid Unicode (lone surrogate \\ud800 at character 3)
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.start + 1].encode("unicode_escape").decode("ascii")
+        return f"the text is not valid Unicode (lone surrogate {bad} at character {exc.start})"
     return None
 
 
@@ -200,8 +218,13 @@ class EmbedJob:
         if outcome.error is not None:
             self._fail(batch, str(outcome.error))
             return rows, rows
-        try:
-            positions, matrix = parse_embeddings(outcome.response, len(batch))
+        try:  # the engine checked the answer (outcome.value); an outcome made elsewhere is
+            # checked here, so nothing unchecked is placed or cached
+            positions, matrix = (
+                outcome.value
+                if outcome.value is not None
+                else check_embeddings(outcome.request.body, outcome.response)
+            )
         except ValueError as exc:
             self._fail(batch, f"invalid response: {exc}")
             return rows, rows
@@ -284,60 +307,6 @@ def _new_block(rows: int, dims: int) -> np.ndarray:
         buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | flags)
         return np.frombuffer(buffer, dtype=np.float32).reshape(rows, dims)
     return np.zeros((rows, dims), dtype=np.float32)
-
-
-def _decode_base64(value: str) -> bytes:
-    try:  # validate=True takes pybase64's SIMD path: 3x faster than without, 18x binascii
-        raw = pybase64.b64decode(value, validate=True)
-    except binascii.Error:  # stray characters (a line break...): the lenient decoder skips them
-        raw = pybase64.b64decode(value)
-    if len(raw) % 4:
-        raise ValueError("base64 embedding is not a whole number of float32 values")
-    return raw
-
-
-def decode_vector(value: Any) -> np.ndarray:
-    """A float32 vector from base64 (little-endian float32) or a JSON list of floats."""
-    if isinstance(value, str):
-        return np.frombuffer(_decode_base64(value), dtype="<f4")
-    if isinstance(value, list):
-        return np.asarray(value, dtype=np.float32)
-    raise ValueError(f"embedding of unexpected type {type(value).__name__}")
-
-
-def parse_embeddings(response: Any, n_inputs: int) -> tuple[list[int], np.ndarray]:
-    """A response's vectors as one float32 matrix: row ``i`` answers input ``positions[i]``,
-    joined on each item's ``index`` (servers may reorder); an input without an item is absent.
-
-    >>> parse_embeddings({"data": [{"index": 1, "embedding": [1, 2]}]}, 2)
-    ([1], array([[1., 2.]], dtype=float32))
-    """
-    data = response.get("data") if isinstance(response, dict) else None
-    if not isinstance(data, list):
-        raise ValueError("no 'data' list in the response")
-    positions: list[int] = []
-    values: list[Any] = []
-    for pos, item in enumerate(data):
-        index = item.get("index", pos) if isinstance(item, dict) else None
-        if not isinstance(index, int) or not 0 <= index < n_inputs:
-            raise ValueError(f"embedding index {index!r} out of range")
-        positions.append(index)
-        values.append(item.get("embedding"))
-    if len(set(positions)) < len(positions):
-        raise ValueError("an embedding index given twice")
-    if values and all(type(v) is str for v in values):
-        # base64: decode each, then view them all as one matrix (one copy, no per-row arrays)
-        raws = [_decode_base64(v) for v in values]
-        sizes = set(map(len, raws))
-        if len(sizes) > 1:
-            lengths = sorted(size // 4 for size in sizes)
-            raise ValueError(f"embeddings of different lengths in one response: {lengths}")
-        return positions, np.frombuffer(b"".join(raws), "<f4").reshape(len(raws), -1)
-    vectors = [decode_vector(v) for v in values]
-    dims = {v.shape[0] for v in vectors}
-    if len(dims) > 1:
-        raise ValueError(f"embeddings of different lengths in one response: {sorted(dims)}")
-    return positions, np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
 
 
 def failed_on_format(outcome: Outcome) -> bool:

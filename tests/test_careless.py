@@ -530,3 +530,23 @@ def test_offline_without_tiktoken_files_skips_naming_tiktoken_cache_dir(tmp_path
         "dfbatch/engine/tokens.py",
         "tests/test_accessor.py",
     }
+
+
+def test_a_prompt_function_that_raises_on_one_row_fails_that_row_alone() -> None:
+    """A function of the row that raises for one row gives that row's error; the rest are
+    answered and the raising row is not sent."""
+    df = pd.DataFrame({"text": ["a", "b", "c"], "n": [1, None, 3]})
+
+    def prompt(row: Any) -> str:
+        return f"{row['text']} x{int(row['n'])}"  # int(NaN) raises on the second row
+
+    with Simulator() as sim:
+        out = df.llm.complete(prompt, base_url=sim.base_url, api_key="sk-test", progress=False)
+        sent = sim.stats.accepted
+    assert out["completion"].notna().tolist() == [True, False, True]
+    assert (
+        out["completion_error"]
+        .iloc[1]
+        .startswith("invalid prompt: the prompt function raised ValueError")
+    )
+    assert sent == 2

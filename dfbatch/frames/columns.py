@@ -218,7 +218,7 @@ def _prompts(frame: pd.DataFrame, prompt: _chat.Prompt, positional: Any) -> list
     if callable(prompt):
         names = [str(c) for c in frame.columns]
         cols = [frame.iloc[:, j].to_numpy(dtype=object) for j in range(frame.shape[1])]
-        return [prompt(Row(zip(names, (c[i] for c in cols), strict=True))) for i in range(n)]
+        return [_call(prompt, Row(zip(names, (c[i] for c in cols), strict=True))) for i in range(n)]
     if not isinstance(prompt, str):
         raise ConfigurationError(
             f"prompt must be a template string or a function of the row, got "
@@ -243,6 +243,16 @@ def _prompts(frame: pd.DataFrame, prompt: _chat.Prompt, positional: Any) -> list
 
 class _BadPrompt(str):
     """A row's error in place of its prompt: it is not sent."""
+
+
+def _call(prompt: Any, row: Row) -> Any:
+    """The prompt function's value for one row; what it raises is that row's error (a row
+    the function cannot handle must not cost the others their answers)."""
+    try:
+        return prompt(row)
+    except Exception as exc:
+        log.debug("the prompt function raised on a row", exc_info=True)
+        return _BadPrompt(f"invalid prompt: the prompt function raised {type(exc).__name__}: {exc}")
 
 
 async def complete_frame(

@@ -23,11 +23,14 @@ from typing import Any
 import orjson
 
 from . import constants as C
+from .budget import BudgetCap, output_bound
 from .config import ApiConfig
 from .errors import ConfigurationError, RunAbortedError
 from .http_client import default_transport
 from .limiter import Limiter, RateHeaders, Ticket
+from .prices import Price, budget_needs_price, price_for, usage_cost, worst_cost
 from .retry import Action, Verdict, backoff, classify_exception, classify_response
+from .timeline import Timeline
 from .transport import Transport, TransportError
 from .types import ErrorInfo, Outcome, Request, RunStats
 
@@ -130,6 +133,8 @@ class Engine:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        price: Any = None,
+        budget: float | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ConfigurationError(f"max_in_flight must be at least 1, got {max_in_flight}")
@@ -138,6 +143,13 @@ class Engine:
         for name, value in (("rpm", rpm), ("tpm", tpm), ("timeout", timeout)):
             if value is not None and value <= 0:
                 raise ConfigurationError(f"{name} must be positive, got {value}")
+        if budget is not None and not (isinstance(budget, int | float) and budget >= 0):
+            raise ConfigurationError(f"budget must be a number of USD, 0 or more, got {budget!r}")
+        self.price = price  # price= as given: None (the table), a number or a dict
+        self.budget = None if budget is None else float(budget)
+        self._prices: dict[Any, Price | None] = {}
+        self._cap: BudgetCap | None = None
+        self._settled = asyncio.Event()
         self.api = api
         self.rpm, self.tpm = rpm, tpm
         self.max_in_flight = max_in_flight
@@ -182,7 +194,10 @@ class Engine:
         # The loop's clock by default, so a virtual-time loop in the tests moves it too.
         self._clock = self._clock_arg or asyncio.get_running_loop().time
         now = self._clock()
-        self.stats = stats = RunStats(started=now)
+        self.stats = stats = RunStats(started=now, budget_usd=self.budget)
+        stats.timeline = Timeline(now)
+        self._cap = BudgetCap(self.budget) if self.budget is not None else None
+        self._settled = asyncio.Event()
         self.limiter = Limiter(
             rpm=self.rpm, tpm=self.tpm, max_in_flight=self.max_in_flight, now=now
         )
@@ -251,8 +266,6 @@ class Engine:
     async def _attempts(
         self, request: Request, gate: _Gate, transport: Transport, headers: dict[str, str]
     ) -> Outcome:
-        stats = self.stats
-        limiter = gate.limiter
         url = self._urls.get(request.endpoint)
         if url is None:
             url = self._urls[request.endpoint] = self.api.url(request.endpoint)
@@ -261,12 +274,55 @@ class Engine:
         except TypeError as exc:  # e.g. a numpy value in extra_body: that row fails alone
             error = ErrorInfo(None, "invalid_request", f"the request body is not JSON: {exc}")
             return self._failed(request, Verdict(Action.FAIL_ROW, error=error), 0)
+        price = self._price_of(request)
+        cap = self._cap
+        if cap is None:
+            return await self._send(request, gate, transport, headers, url, body, price)
+        worst = worst_cost(price, *_split_tokens(request)) if price is not None else 0.0
+        while True:
+            hold = cap.reserve(worst)
+            if hold is not None:
+                break
+            if not cap.must_wait(worst):
+                return self._refused(request, cap, worst)
+            settled = self._settled
+            await settled.wait()  # a request in flight settles: try again
+        actual = 0.0
+        try:
+            outcome = await self._send(request, gate, transport, headers, url, body, price)
+            if outcome.ok and price is not None:
+                actual = usage_cost(price, _usage(outcome.response))
+            return outcome
+        finally:
+            cap.settle(hold, actual)
+            self._settled.set()
+            self._settled = asyncio.Event()
+
+    async def _send(
+        self,
+        request: Request,
+        gate: _Gate,
+        transport: Transport,
+        headers: dict[str, str],
+        url: str,
+        body: bytes,
+        price: Price | None,
+    ) -> Outcome:
+        stats = self.stats
+        limiter = gate.limiter
+        timeline: Timeline = stats.timeline
         attempt = 0
         while True:
             attempt += 1
             ticket = await gate.acquire(request.tokens)
+            sent_at = self._clock()
             stats.requests_sent += 1
             stats.tokens_estimated += request.tokens
+            timeline.add("requests", sent_at)
+            timeline.add("tokens", sent_at, request.tokens)
+            rpm, tpm = limiter.requests.rate, limiter.tokens.rate
+            timeline.level("rpm_limit", sent_at, None if rpm is None else rpm * 60.0)
+            timeline.level("tpm_limit", sent_at, None if tpm is None else tpm * 60.0)
             try:
                 try:
                     raw = await transport.send(url, headers, body, self.timeout)
@@ -280,8 +336,10 @@ class Engine:
                     gate.close()  # before the slot frees: nothing else may go out
                     raise self._abort_error(verdict)
                 now = self._clock()
+                timeline.latency(now - sent_at)
                 if verdict.rate_limited:
                     stats.rate_limited += 1
+                    timeline.add("rate_limited", now)
                     limiter.on_rate_limited(ticket, rate, verdict.retry_after, now)
                 else:
                     limiter.on_response(ticket, rate, now)
@@ -290,14 +348,25 @@ class Engine:
 
             if verdict.action is Action.SUCCESS:
                 stats.succeeded += 1
-                usage = verdict.body.get("usage") if isinstance(verdict.body, dict) else None
+                usage = _usage(verdict.body)
+                now = self._clock()
                 if isinstance(usage, dict):
-                    stats.tokens_used += int(usage.get("total_tokens") or 0)
+                    used = int(usage.get("total_tokens") or 0)
+                    stats.tokens_used += used
+                    timeline.add("tokens_used", now, used)
+                if price is None:
+                    stats.cost_usd = None  # unknown: never a guess
+                else:
+                    cost = usage_cost(price, usage)
+                    if stats.cost_usd is not None:
+                        stats.cost_usd += cost
+                    timeline.add("cost_usd", now, cost)
                 return Outcome(request, response=verdict.body, attempts=attempt)
             if verdict.action is Action.ABORT:
                 raise self._abort_error(verdict)
             if verdict.action is Action.RETRY and attempt < self.max_attempts:
                 stats.retries += 1
+                timeline.add("retries", self._clock())
                 wait = verdict.retry_after
                 if wait is None:
                     wait = backoff(attempt, self._rng.random())
@@ -312,6 +381,37 @@ class Engine:
                 await self._sleep(wait)
                 continue
             return self._failed(request, verdict, attempt)
+
+    def _price_of(self, request: Request) -> Price | None:
+        """The price of the request's model (memoised); a budget with no price is an error."""
+        model = request.body.get("model") if isinstance(request.body, dict) else None
+        key = model if isinstance(model, str) else None
+        if key not in self._prices:
+            if self.budget is not None:
+                self._prices[key] = budget_needs_price(model, self.price)
+            else:
+                self._prices[key] = price_for(model, self.price)
+        return self._prices[key]
+
+    def _refused(self, request: Request, cap: BudgetCap, worst: float) -> Outcome:
+        """The budget is reached: this request is not sent (and its rows are not cached)."""
+        cap.refuse()
+        stats = self.stats
+        stats.budget_refused += 1
+        if stats.budget_refused == 1:
+            log.warning(
+                "budget reached: $%.4f of the $%.4f budget spent; the next request could cost "
+                "up to $%.4f, so nothing more is sent. Rerun with a higher budget= to send "
+                "the rows left.",
+                cap.spent,
+                cap.limit,
+                worst,
+            )
+        message = (
+            f"budget reached: ${cap.spent:.4f} of the ${cap.limit:.4f} budget spent, this "
+            "row was not sent (rerun with a higher budget= to send it)"
+        )
+        return Outcome(request, error=ErrorInfo(None, "budget_reached", message))
 
     def _failed(self, request: Request, verdict: Verdict, attempt: int) -> Outcome:
         stats = self.stats
@@ -332,6 +432,16 @@ class Engine:
         text = f"{message}. Fix: {_FIXES.get(kind.__name__, 'see the message')}"
         log.error("run stopped: %s", text)
         return kind(text, error=error)
+
+
+def _usage(body: Any) -> Any:
+    return body.get("usage") if isinstance(body, dict) else None
+
+
+def _split_tokens(request: Request) -> tuple[int, int]:
+    """(input tokens, output bound) of a request, from its TPM estimate and its body."""
+    bound = output_bound(request.endpoint, request.body)
+    return max(0, request.tokens - bound), bound
 
 
 def _cause(error: ErrorInfo) -> str:
@@ -357,4 +467,7 @@ def run_stats_summary(stats: RunStats) -> dict[str, Any]:
         "effective_rpm": round(stats.requests_sent / minutes, 1) if minutes else None,
         "effective_tpm": round(stats.tokens_used / minutes, 1) if minutes else None,
         "failures_by_cause": dict(stats.failures_by_cause),
+        "cost_usd": None if stats.cost_usd is None else round(stats.cost_usd, 6),
+        **({"budget_usd": stats.budget_usd} if stats.budget_usd is not None else {}),
+        "requests_not_sent_budget": stats.budget_refused,
     }

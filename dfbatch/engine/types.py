@@ -80,6 +80,13 @@ class RunStats:
     tokens_estimated: int = 0
     tokens_used: int = 0
     failures_by_cause: dict[str, int] = field(default_factory=dict)
+    #: USD of the answers so far, from their ``usage`` (None: a model's price is unknown).
+    cost_usd: float | None = 0.0
+    budget_usd: float | None = None
+    #: Requests not sent because the budget was reached (their rows: "budget reached").
+    budget_refused: int = 0
+    #: The run's figures over time (a ``Timeline``), for the run report.
+    timeline: Any = None
 
     def elapsed(self, now: float) -> float:
         end = self.finished if self.finished is not None else now

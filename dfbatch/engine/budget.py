@@ -80,8 +80,9 @@ class BudgetCap:
 
     def settle(self, hold: float, actual: float) -> None:
         """A reserved request is over: ``actual`` USD replaces its ``hold``."""
-        self.reserved = max(0.0, self.reserved - hold)
         self.in_flight -= 1
+        # Nothing in flight: nothing reserved (no float residue from adding and subtracting).
+        self.reserved = max(0.0, self.reserved - hold) if self.in_flight else 0.0
         self.spent += max(0.0, actual)
 
     def refuse(self) -> None:

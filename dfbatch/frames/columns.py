@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import pandas as pd
 
 from ..cache.store import request_key
 from ..engine.errors import ConfigurationError, RowsFailedError
+from ..engine.prices import PER_TOKENS, price_for, usage_cost
 from ..engine.tokens import estimate_request_tokens
 from ..engine.types import Outcome, Request
 from ..jobs import chat as _chat
@@ -26,6 +28,8 @@ from ..jobs.run import RunOptions, execute, report
 log = logging.getLogger(__name__)
 
 ERRORS = ("coerce", "raise")
+#: How a row the budget stopped starts its ``{output}_error`` (see the engine's budget).
+BUDGET_REACHED = "budget reached"
 
 
 def _check_errors(errors: str) -> None:
@@ -57,6 +61,9 @@ def _finish(
         Counter(_cause(m) for m in errors_col.dropna()).most_common()
     )
     figures["rows_not_sent"] = not_sent
+    figures["rows_budget_reached"] = sum(
+        isinstance(m, str) and m.startswith(BUDGET_REACHED) for m in errors_col.dropna()
+    )
     summary = format_summary(
         figures, rows=len(frame), failed=failed, cached=figures.get("rows_from_cache", 0)
     )
@@ -124,6 +131,7 @@ async def embed_values(
             rows_failed=len(job.errors),
             rows_cached=job.cached,
             desc=f"embed {model}",
+            model=model,
         )
         if as_floats:  # the server does not do base64: ask again for floats
             log.info("the server refused base64 embeddings; asking for floats")
@@ -146,6 +154,12 @@ async def embed_values(
     columns: dict[str, Any] = {output: job.column(), f"{output}_error": job.error_column()}
     if usage:
         columns[f"{output}_tokens"] = job.row_tokens()
+        price = price_for(model, options.price)
+        columns[f"{output}_cost_usd"] = (
+            job.row_tokens() * (price.input / PER_TOKENS)
+            if price is not None
+            else pd.array([None] * job.n_rows, dtype="Float64")
+        )
     return _finish(
         frame,
         columns,
@@ -215,6 +229,58 @@ def _prompts(frame: pd.DataFrame, prompt: _chat.Prompt, positional: str | None) 
     return out
 
 
+@dataclass
+class ChatPlan:
+    """The requests a ``complete`` call makes: one body per distinct prompt, with its rows."""
+
+    prompts: list[Any]  # one per row; None: an NA field, not sent
+    bodies: dict[str, tuple[dict[str, Any], list[int]]]  # cache key -> (body, row positions)
+    errors: np.ndarray  # per row: why it cannot be sent, or None
+
+
+def plan_chat(
+    frame: pd.DataFrame,
+    prompt: _chat.Prompt,
+    *,
+    model: str,
+    system: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    spec: dict[str, Any] | None,
+    n: int,
+    extra_body: dict[str, Any] | None,
+    positional: str | None,
+) -> ChatPlan:
+    """Rows -> request bodies, identical ones once: what ``complete`` sends and
+    ``estimate.complete`` counts, so the two cannot drift apart."""
+    prompts = _prompts(frame, prompt, positional)
+    errs = np.full(len(frame), None, dtype=object)
+    bodies: dict[str, tuple[dict[str, Any], list[int]]] = {}
+    for i, p in enumerate(prompts):
+        if p is None:
+            continue
+        try:
+            messages = _chat.to_messages(p, system)
+        except TypeError as exc:
+            errs[i] = f"invalid prompt: {exc}"
+            continue
+        body = _chat.build_body(
+            messages,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            response_format=spec,
+            n=n,
+            extra=extra_body,
+        )
+        key = request_key(_chat.ENDPOINT, body)
+        if key in bodies:
+            bodies[key][1].append(i)
+        else:
+            bodies[key] = (body, [i])
+    return ChatPlan(prompts, bodies, errs)
+
+
 async def complete_frame(
     frame: pd.DataFrame,
     prompt: _chat.Prompt,
@@ -240,35 +306,25 @@ async def complete_frame(
     wants_json = spec is not None and spec.get("type") in ("json_object", "json_schema")
     if expand and not wants_json:
         raise ConfigurationError("expand=True needs a response_format that gives JSON objects")
-    prompts = _prompts(frame, prompt, positional)
     rows = len(frame)
     values = np.full(rows, None, dtype=object)
-    errs = np.full(rows, None, dtype=object)
     prompt_tokens = np.full(rows, None, dtype=object)
     completion_tokens = np.full(rows, None, dtype=object)
-    bodies: dict[str, tuple[dict[str, Any], list[int]]] = {}
-    for i, p in enumerate(prompts):
-        if p is None:
-            continue
-        try:
-            messages = _chat.to_messages(p, system)
-        except TypeError as exc:
-            errs[i] = f"invalid prompt: {exc}"
-            continue
-        body = _chat.build_body(
-            messages,
-            model=model,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            response_format=spec,
-            n=n,
-            extra=extra_body,
-        )
-        key = request_key(_chat.ENDPOINT, body)
-        if key in bodies:
-            bodies[key][1].append(i)
-        else:
-            bodies[key] = (body, [i])
+    costs = np.full(rows, None, dtype=object)
+    price = price_for(model, options.price)
+    plan = plan_chat(
+        frame,
+        prompt,
+        model=model,
+        system=system,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        spec=spec,
+        n=n,
+        extra_body=extra_body,
+        positional=positional,
+    )
+    prompts, bodies, errs = plan.prompts, plan.bodies, plan.errors
 
     def place(response: Any, positions: list[int]) -> int:
         try:
@@ -279,10 +335,12 @@ async def complete_frame(
             for i in positions:
                 errs[i] = str(exc)
             return len(positions)
+        cost = usage_cost(price, response.get("usage")) if price is not None else None
         for i in positions:
             values[i] = value
             prompt_tokens[i] = info["prompt_tokens"]
             completion_tokens[i] = info["completion_tokens"]
+            costs[i] = cost
         return 0
 
     cache = options.open_cache()
@@ -327,6 +385,7 @@ async def complete_frame(
             rows_failed=sum(e is not None for e in errs),
             rows_cached=cached_rows,
             desc=f"complete {model}",
+            model=model,
         )
     finally:
         if cache is not None:
@@ -344,6 +403,7 @@ async def complete_frame(
     if usage:
         columns[f"{output}_prompt_tokens"] = pd.array(prompt_tokens, dtype="Int64")
         columns[f"{output}_completion_tokens"] = pd.array(completion_tokens, dtype="Int64")
+        columns[f"{output}_cost_usd"] = pd.array(costs, dtype="Float64")
     return _finish(
         frame,
         columns,

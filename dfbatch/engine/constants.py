@@ -123,3 +123,9 @@ LATENCY_MAX_EXP = 3
 LATENCY_BINS_PER_DECADE = 20
 #: Latency percentiles a report shows.
 LATENCY_PERCENTILES = (50, 90, 99)
+#: (RPM, TPM) OpenAI documents for its lowest paid tier (tier 1), by model prefix: the time an
+#: estimate shows when no rpm/tpm is given (OpenAI's rate-limit guide, 2025-26).
+DOCUMENTED_TIER1_LIMITS: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (500.0, 200_000.0),
+    "text-embedding-3": (3_000.0, 1_000_000.0),
+}

@@ -32,7 +32,7 @@ from .prices import Price, budget_needs_price, price_for, usage_cost, worst_cost
 from .retry import Action, Verdict, backoff, classify_exception, classify_response
 from .timeline import Timeline
 from .transport import Transport, TransportError
-from .types import ErrorInfo, Outcome, Request, RunStats
+from .types import BUDGET_REACHED, ErrorInfo, Outcome, Request, RunStats
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +411,7 @@ class Engine:
             f"budget reached: ${cap.spent:.4f} of the ${cap.limit:.4f} budget spent, this "
             "row was not sent (rerun with a higher budget= to send it)"
         )
-        return Outcome(request, error=ErrorInfo(None, "budget_reached", message))
+        return Outcome(request, error=ErrorInfo(None, BUDGET_REACHED, message))
 
     def _failed(self, request: Request, verdict: Verdict, attempt: int) -> Outcome:
         stats = self.stats
@@ -467,7 +467,7 @@ def run_stats_summary(stats: RunStats) -> dict[str, Any]:
         "effective_rpm": round(stats.requests_sent / minutes, 1) if minutes else None,
         "effective_tpm": round(stats.tokens_used / minutes, 1) if minutes else None,
         "failures_by_cause": dict(stats.failures_by_cause),
-        "cost_usd": None if stats.cost_usd is None else round(stats.cost_usd, 6),
+        "cost_usd": stats.cost_usd,
         **({"budget_usd": stats.budget_usd} if stats.budget_usd is not None else {}),
         "requests_not_sent_budget": stats.budget_refused,
     }

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+#: The ``code`` of a request the budget stopped (never sent, never cached).
+BUDGET_REACHED = "budget_reached"
+
 
 @dataclass(slots=True)
 class Request:
@@ -33,6 +36,8 @@ class ErrorInfo:
     request_id: str | None = None
 
     def __str__(self) -> str:
+        if self.code == BUDGET_REACHED:  # not the server's: the row was never sent
+            return self.message
         head = f"HTTP {self.status}" if self.status is not None else "network"
         code = f" {self.code}" if self.code else ""
         rid = f" (request id {self.request_id})" if self.request_id else ""

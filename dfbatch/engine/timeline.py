@@ -71,11 +71,13 @@ class Timeline:
         self.width *= 2
 
     def add(self, name: str, now: float, amount: float = 1.0) -> None:
-        self._series[name][self._bucket(now)] += amount
+        i = self._bucket(now)  # first: it may merge buckets and replace the arrays
+        self._series[name][i] += amount
 
     def level(self, name: str, now: float, value: float | None) -> None:
         if value is not None:
-            self._series[name][self._bucket(now)] = value
+            i = self._bucket(now)
+            self._series[name][i] = value
 
     def latency(self, seconds: float) -> None:
         self._latency[_latency_bin(seconds)] += 1

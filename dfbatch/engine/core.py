@@ -28,7 +28,14 @@ from .config import ApiConfig
 from .errors import ConfigurationError, RunAbortedError
 from .http_client import default_transport
 from .limiter import Limiter, RateHeaders, Ticket
-from .prices import Price, budget_needs_price, price_for, usage_cost, worst_cost
+from .prices import (
+    Price,
+    budget_needs_price,
+    format_usd,
+    price_for,
+    usage_cost,
+    worst_cost,
+)
 from .retry import Action, Verdict, backoff, classify_exception, classify_response
 from .timeline import Timeline
 from .transport import Transport, TransportError
@@ -400,16 +407,15 @@ class Engine:
         stats.budget_refused += 1
         if stats.budget_refused == 1:
             log.warning(
-                "budget reached: $%.4f of the $%.4f budget spent; the next request could cost "
-                "up to $%.4f, so nothing more is sent. Rerun with a higher budget= to send "
-                "the rows left.",
-                cap.spent,
-                cap.limit,
-                worst,
+                "budget reached: %s of the %s budget spent; the next request could cost up to "
+                "%s, so nothing more is sent. Rerun with a higher budget= to send the rows left.",
+                format_usd(cap.spent),
+                format_usd(cap.limit),
+                format_usd(worst),
             )
         message = (
-            f"budget reached: ${cap.spent:.4f} of the ${cap.limit:.4f} budget spent, this "
-            "row was not sent (rerun with a higher budget= to send it)"
+            f"budget reached: {format_usd(cap.spent)} of the {format_usd(cap.limit)} budget "
+            "spent, this row was not sent (rerun with a higher budget= to send it)"
         )
         return Outcome(request, error=ErrorInfo(None, BUDGET_REACHED, message))
 

@@ -191,3 +191,16 @@ def _count(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return max(0, int(value))
+
+
+def format_usd(value: float) -> str:
+    """Dollars with the digits that matter for API bills.
+
+    >>> format_usd(12.3456), format_usd(0.0123456), format_usd(0)
+    ('$12.35', '$0.01235', '$0')
+    """
+    if value == 0:
+        return "$0"
+    if value >= 1:
+        return f"${value:,.2f}"
+    return f"${value:.4g}"

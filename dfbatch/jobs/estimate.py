@@ -23,7 +23,7 @@ from typing import Any
 
 from ..engine import constants as C
 from ..engine.budget import output_bound
-from ..engine.prices import Price, price_for, tokens_cost
+from ..engine.prices import Price, format_usd, price_for, tokens_cost
 from ..engine.types import Request
 
 
@@ -48,12 +48,16 @@ class Estimate:
 
     @property
     def cost_usd_low(self) -> float | None:
+        if self.requests == 0:
+            return 0.0
         if self.price is None:
             return None
         return tokens_cost(self.price, self.input_tokens, self.expected_output_tokens or 0)
 
     @property
     def cost_usd_high(self) -> float | None:
+        if self.requests == 0:
+            return 0.0
         if self.price is None:
             return None
         return tokens_cost(self.price, self.input_tokens, self.max_output_tokens)
@@ -67,6 +71,30 @@ class Estimate:
         if self.tpm:
             times.append((self.input_tokens + self.max_output_tokens) / self.tpm * 60.0)
         return max(times) if times else None
+
+    def merge(self, other: Estimate) -> Estimate:
+        """This estimate and ``other`` (the next chunk of the same call) as one."""
+        out = Estimate(
+            self.model,
+            price=self.price if self.price == other.price else None,
+            rpm=self.rpm,
+            tpm=self.tpm,
+            limits_source=self.limits_source,
+            budget_usd=self.budget_usd,
+        )
+        for name in (
+            "rows",
+            "rows_cached",
+            "rows_not_sent",
+            "rows_invalid",
+            "requests",
+            "input_tokens",
+            "max_output_tokens",
+        ):
+            setattr(out, name, getattr(self, name) + getattr(other, name))
+        if self.expected_output_tokens is not None and other.expected_output_tokens is not None:
+            out.expected_output_tokens = self.expected_output_tokens + other.expected_output_tokens
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,7 +118,7 @@ class Estimate:
             return (
                 "unknown (no price for this model: pass price=)"
                 if value is None
-                else (f"${value:,.4f}")
+                else format_usd(value)
             )
 
         expected = (
@@ -109,7 +137,7 @@ class Estimate:
             ("model", str(self.model)),
             ("rows to send", f"{self.rows:,}"),
             ("rows answered in the cache (cost 0)", f"{self.rows_cached:,}"),
-            ("rows not sent (NA)", f"{self.rows_not_sent:,}"),
+            ("rows not sent (NA, or a failure already written)", f"{self.rows_not_sent:,}"),
         ]
         if self.rows_invalid:
             lines.append(("rows that fail before sending", f"{self.rows_invalid:,}"))
@@ -129,7 +157,7 @@ class Estimate:
                 if high is not None and high <= self.budget_usd
                 else "the run may stop at the budget"
             )
-            lines.append(("budget", f"${self.budget_usd:,.4f} ({verdict})"))
+            lines.append(("budget", f"{format_usd(self.budget_usd)} ({verdict})"))
         return lines
 
     def __str__(self) -> str:
@@ -176,13 +204,19 @@ class EstimateBuilder:
     estimate: Estimate = field(init=False)
     _answered: int = 0  # cached answers seen, and their output tokens: the expected basis
     _answered_output: int = 0
-    _answered_rows: int = 0
+    _models: set[str] = field(default_factory=set)  # other models met (dfbatch run files)
 
     def __post_init__(self) -> None:
         self.estimate = Estimate(self.model, budget_usd=self.budget)
 
     def add(self, request: Request, rows: int = 1) -> None:
         """One request the run would send, for ``rows`` rows."""
+        if self.price is None and isinstance(request.body, dict):
+            model = request.body.get("model")
+            if self.model is None:
+                self.model = self.estimate.model = model
+            elif model != self.model:
+                self._models.add(str(model))
         bound = output_bound(request.endpoint, request.body)
         est = self.estimate
         est.requests += 1
@@ -207,6 +241,9 @@ class EstimateBuilder:
             mean = self._answered_output / self._answered
             est.expected_output_tokens = min(est.max_output_tokens, round(mean * est.requests))
         est.price = price_for(self.model, self.price)
+        if self._models:  # several models, no price= for all: the cost is not one figure
+            est.price = None
+            est.model = f"{self.model} and {', '.join(sorted(self._models))}"
         if self.rpm or self.tpm:
             est.rpm, est.tpm, est.limits_source = self.rpm, self.tpm, "given"
         else:

@@ -7,6 +7,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..engine.prices import format_usd
 from ..engine.types import RunStats
 
 #: Seconds between refreshes of the rates and counters shown beside the bar.
@@ -102,19 +103,6 @@ def format_summary(figures: dict[str, Any], *, rows: int, failed: int, cached: i
             f"{cause}: {count:,}" for cause, count in sorted(causes.items(), key=lambda kv: -kv[1])
         )
     return text
-
-
-def format_usd(value: float) -> str:
-    """Dollars with the digits that matter for API bills.
-
-    >>> format_usd(12.3456), format_usd(0.0123456), format_usd(0)
-    ('$12.35', '$0.01235', '$0')
-    """
-    if value == 0:
-        return "$0"
-    if value >= 1:
-        return f"${value:,.2f}"
-    return f"${value:.4g}"
 
 
 def cost_text(figures: dict[str, Any]) -> str:

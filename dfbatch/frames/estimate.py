@@ -9,6 +9,7 @@ run it describes.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,9 @@ from ..jobs.embed import EmbedJob
 from ..jobs.estimate import Estimate, EstimateBuilder
 from ..jobs.run import RunOptions
 from .columns import _check_errors, plan_chat
+
+#: The key an estimate is planned with when none is given: never sent anywhere.
+NO_KEY = "unused: an estimate sends nothing"
 
 
 def _builder(model: str, options: RunOptions) -> EstimateBuilder:
@@ -131,6 +135,8 @@ def _bind(method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, An
     arguments.pop("self", None)
     options = arguments.pop("options", {}) or {}
     arguments.pop("usage", None)
+    if not options.get("api_key") and not os.environ.get("OPENAI_API_KEY"):
+        options["api_key"] = NO_KEY  # an estimate needs no key: it sends nothing
     arguments["options"] = RunOptions.build(**options)
     return arguments
 

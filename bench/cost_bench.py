@@ -87,7 +87,10 @@ def bench_dry_run(n: int) -> None:
             " '--url', 'https://api.openai.com/v1/chat/completions', '--api-key', 'sk-x'])\n"
             "u1 = resource.getrusage(resource.RUSAGE_SELF)\n"
             "cpu = u1.ru_utime - u0.ru_utime + u1.ru_stime - u0.ru_stime\n"
-            "print(f'@@ {cpu:.2f} {time.perf_counter() - t0:.2f} {u1.ru_maxrss / 1024:.0f}',"
+            # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the parent.
+            "hwm = next(int(x.split()[1]) for x in open('/proc/self/status')"
+            " if x.startswith('VmHWM'))\n"
+            "print(f'@@ {cpu:.2f} {time.perf_counter() - t0:.2f} {hwm / 1024:.0f}',"
             " file=sys.stderr)\n"
         )
         done = subprocess.run(

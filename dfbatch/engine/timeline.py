@@ -30,6 +30,14 @@ LEVELS = ("rpm_limit", "tpm_limit")
 _NAN = float("nan")
 
 
+class TimelineData(dict):  # type: ignore[type-arg]
+    """A timeline as plain values (a dict), shown in one line where the run's figures are."""
+
+    def __repr__(self) -> str:
+        n = len((self.get("series") or {}).get("requests") or [])
+        return f"<timeline: {n} buckets of {self.get('bucket_s', 1.0):g} s; dfbatch.report(out)>"
+
+
 class Timeline:
     def __init__(self, start: float, *, max_buckets: int = C.TIMELINE_MAX_BUCKETS) -> None:
         self.start = start
@@ -100,13 +108,15 @@ class Timeline:
         series: dict[str, list[Any]] = {}
         for name, values in self._series.items():
             series[name] = [None if math.isnan(v) else v for v in values]
-        return {
-            "start": self.start,
-            "bucket_s": self.width,
-            "series": series,
-            "latency_s": {f"p{q}": self.latency_percentile(q) for q in C.LATENCY_PERCENTILES},
-            "latency_n": self.latency_n,
-        }
+        return TimelineData(
+            {
+                "start": self.start,
+                "bucket_s": self.width,
+                "series": series,
+                "latency_s": {f"p{q}": self.latency_percentile(q) for q in C.LATENCY_PERCENTILES},
+                "latency_n": self.latency_n,
+            }
+        )
 
 
 def _latency_bin(seconds: float) -> int:

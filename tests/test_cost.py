@@ -61,6 +61,11 @@ def test_embed_estimate_equals_what_the_server_bills(opts, sim) -> None:  # type
         == pytest.approx(tokens_cost(price, figures["tokens_used"]))
     )
     assert figures["cost_usd"] == pytest.approx(est.cost_usd_high)
+    with_usage = df.llm.embed("text", batch_size=64, usage=True, **opts)
+    assert with_usage["embedding_cost_usd"].iloc[300] == 0  # the NA row: not sent
+    assert float(with_usage["embedding_cost_usd"].sum()) == pytest.approx(
+        tokens_cost(price, int(with_usage["embedding_tokens"].sum()))
+    )
     # Now everything is in the cache: cost 0, nothing to send.
     again = df.llm.estimate.embed("text", batch_size=64, **opts)
     assert again.rows == 0 and again.rows_cached == 350 and again.requests == 0
@@ -182,3 +187,18 @@ def test_estimate_shows_as_text_and_html(opts) -> None:  # type: ignore[no-untyp
         assert label in text and label in page
     assert est.min_seconds == pytest.approx(max(1 / 600 * 60, est.input_tokens / 100_000 * 60))
     assert "<table>" in page
+
+
+def test_the_progress_bar_shows_the_money_spent() -> None:
+    """Beside the bar: the spend so far, and the budget when there is one."""
+    import io
+
+    from dfbatch.engine.types import RunStats
+    from dfbatch.jobs.progress import Progress
+
+    out = io.StringIO()
+    bar = Progress(10, enabled=True, file=out)
+    bar.show(RunStats(started=0.0, cost_usd=0.0123, budget_usd=0.5), 1.0, force=True)
+    bar.advance(1)
+    bar.close()
+    assert "spent=$0.0123 of $0.5" in out.getvalue()

@@ -38,7 +38,11 @@ class Price:
     cached_input: float | None = None  # None: cached tokens are charged as input (upper bound)
 
     def batch(self) -> Price:
-        """The Batch API's price for the same model."""
+        """The Batch API's price for the same model.
+
+        >>> PRICE_TABLE["gpt-4o-mini"].batch()
+        Price(input=0.075, output=0.3, cached_input=0.0375)
+        """
         cached = None if self.cached_input is None else self.cached_input * BATCH_DISCOUNT
         return Price(self.input * BATCH_DISCOUNT, self.output * BATCH_DISCOUNT, cached)
 

@@ -6,6 +6,7 @@ on its row by position -> wrap with ``assign`` (the caller's index and frame unt
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -139,6 +140,9 @@ async def embed_values(
                 job._request(i, b, sum(job.tokens[u] for u in b), None)
                 for i, b in enumerate(as_floats)
             ]
+            if options.budget is not None:  # one budget for the call: what is left of it
+                left = options.budget - (figures.get("cost_usd") or 0.0)
+                options = dataclasses.replace(options, budget=max(0.0, left))
             more = await execute(
                 retry,
                 lambda o: job.receive(o, cache, keys),
@@ -184,6 +188,10 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "elapsed_s",
     ):
         out[key] = (a.get(key) or 0) + (b.get(key) or 0)
+    if a.get("cost_usd") is not None and b.get("cost_usd") is not None:
+        out["cost_usd"] = a["cost_usd"] + b["cost_usd"]
+    else:
+        out["cost_usd"] = None
     return out
 
 

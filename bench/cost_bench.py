@@ -65,6 +65,15 @@ def bench_estimate_cpu(n: int) -> None:
 
 
 def bench_dry_run(n: int) -> None:
+    _dry_run(n)
+    small = _dry_run(n // 10, show=False)
+    print(
+        f"     (the same for {n // 10:,} lines: peak RSS {small} MB: memory does not grow "
+        "with the file)"
+    )
+
+
+def _dry_run(n: int, *, show: bool = True) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "requests.jsonl"
         with path.open("w") as f:
@@ -98,6 +107,8 @@ def bench_dry_run(n: int) -> None:
         )
         line = next(x for x in done.stderr.splitlines() if x.startswith("@@"))
         cpu_s, wall, rss = line.split()[1:]
+        if not show:
+            return rss
         print(
             f"(1b) dfbatch run --dry-run, a {n:,}-line chat requests file "
             f"({path.stat().st_size / 2**20:.0f} MB):"
@@ -105,6 +116,7 @@ def bench_dry_run(n: int) -> None:
         print(f"     CPU {cpu_s} s (wall {wall} s), peak RSS {rss} MB")
         for row in done.stdout.splitlines()[1:]:
             print("     " + row.strip())
+        return rss
 
 
 def bench_estimate_vs_bill(n: int) -> None:

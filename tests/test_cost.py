@@ -202,3 +202,21 @@ def test_the_progress_bar_shows_the_money_spent() -> None:
     bar.advance(1)
     bar.close()
     assert "spent=$0.0123 of $0.5" in out.getvalue()
+
+
+def test_estimate_takes_exactly_the_calls_arguments(opts) -> None:  # type: ignore[no-untyped-def]
+    """The estimate's methods show the call's options, refuse a name the call would refuse,
+    and work on a Series with "{}" as its value."""
+    import inspect
+
+    df = pd.DataFrame({"text": texts(3)})
+    assert {"dimensions", "batch_size", "truncate"} <= set(
+        inspect.signature(df.llm.estimate.embed).parameters
+    )
+    assert "max_tokens" in inspect.signature(df.llm.estimate.complete).parameters
+    with pytest.raises(TypeError):
+        df.llm.estimate.complete("{text}", max_token=5, **opts)
+    with pytest.raises(ConfigurationError, match="missing|does not have"):
+        df.llm.estimate.complete("{nope}", **opts)
+    est = df["text"].llm.estimate.complete("Say {}", max_tokens=5, n=2, **opts)
+    assert est.requests == 3 and est.max_output_tokens == 3 * 2 * 5

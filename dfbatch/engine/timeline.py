@@ -31,7 +31,14 @@ _NAN = float("nan")
 
 
 class TimelineData(dict):  # type: ignore[type-arg]
-    """A timeline as plain values (a dict), shown in one line where the run's figures are."""
+    """A timeline as plain values (a dict), shown in one line where the run's figures are.
+
+    pandas deep-copies ``attrs`` on every operation; a run's record is read, never changed, so
+    the copies share it instead of copying thousands of numbers each time.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TimelineData:
+        return self
 
     def __repr__(self) -> str:
         n = len((self.get("series") or {}).get("requests") or [])

@@ -55,8 +55,12 @@ class Price:
 #     text-embedding-3-small; "OpenAI model pricing, checked Jun 21, 2026")
 #   - https://tokenprice.fyi/models/text-embedding-3-small (snapshot of 3 Jul 2026)
 #   - LiteLLM's model price map (gpt-4.1, gpt-4.1-mini incl. cached input)
-# Only models for which two or more of these agree on every figure are listed; others (gpt-5*,
-# o-series, gpt-4.1-nano) are left out: their cost is unknown unless you pass price=.
+#   - https://llmpricing.site/models/openai/openai-gpt-4-1-nano/ and
+#     https://custom.typingmind.com/tools/estimate-llm-usage-costs/openai/gpt-4.1-nano
+# Only figures that two or more of these agree on are listed. gpt-4.1-nano's cached-input price
+# is given as 0.025 by some and 0.03 by others: it is left unknown (None), so its cached tokens
+# are charged at the input price, an upper bound. Models whose prices these sources disagree on
+# (gpt-5*, o-series) are left out: their cost is unknown unless you pass price=.
 PRICE_TABLE: dict[str, Price] = {
     "text-embedding-3-small": Price(0.02, 0.0),
     "text-embedding-3-large": Price(0.13, 0.0),
@@ -65,6 +69,7 @@ PRICE_TABLE: dict[str, Price] = {
     "gpt-4o": Price(2.50, 10.00, 1.25),
     "gpt-4.1": Price(2.00, 8.00, 0.50),
     "gpt-4.1-mini": Price(0.40, 1.60, 0.10),
+    "gpt-4.1-nano": Price(0.10, 0.40),
 }
 PRICE_TABLE_DATE = "2026-11-30"
 

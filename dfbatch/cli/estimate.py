@@ -22,7 +22,14 @@ def estimate_run(job: RunJob) -> Estimate:
     """The estimate of a ``dfbatch run`` job."""
     n_lines = count_requests(job.requests)
     plan = plan_resume(job, n_lines)
-    builder = EstimateBuilder(None, price=job.price, rpm=job.rpm, tpm=job.tpm, budget=job.budget)
+    builder = EstimateBuilder(
+        None,
+        price=job.price,
+        rpm=job.rpm,
+        tpm=job.tpm,
+        budget=job.budget,
+        limits_source="--rpm/--tpm, the cookbook's defaults unless given",
+    )
     invalid = 0
     embeddings = job.url.rstrip("/").endswith("/embeddings")
     cache = _open_cache(job)

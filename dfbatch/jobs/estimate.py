@@ -201,6 +201,7 @@ class EstimateBuilder:
     rpm: float | None = None
     tpm: float | None = None
     budget: float | None = None
+    limits_source: str = "given"  # how the rpm/tpm passed came about, for the text
     estimate: Estimate = field(init=False)
     _answered: int = 0  # cached answers seen, and their output tokens: the expected basis
     _answered_output: int = 0
@@ -245,7 +246,7 @@ class EstimateBuilder:
             est.price = None
             est.model = f"{self.model} and {', '.join(sorted(self._models))}"
         if self.rpm or self.tpm:
-            est.rpm, est.tpm, est.limits_source = self.rpm, self.tpm, "given"
+            est.rpm, est.tpm, est.limits_source = self.rpm, self.tpm, self.limits_source
         else:
             documented = documented_limits(self.model)
             if documented is not None:

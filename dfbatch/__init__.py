@@ -12,6 +12,7 @@ the ``dfbatch`` command. The subpackages are the rooms of the house, in the orde
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from .engine.config import ApiConfig
 from .engine.core import Engine
@@ -32,6 +33,22 @@ register_accessor_with_pandas()
 
 __version__ = "0.1.0"
 
+# Loaded on first use: ``import dfbatch`` stays light (no tqdm, no report code).
+_LAZY = {"Estimate": "jobs.estimate", "RunReport": "jobs.report", "report": "jobs.report"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'dfbatch' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from .jobs.estimate import Estimate
+    from .jobs.report import RunReport, report
+
 __all__ = [
     "ApiConfig",
     "AuthenticationError",
@@ -39,12 +56,15 @@ __all__ = [
     "DfbatchError",
     "Engine",
     "ErrorInfo",
+    "Estimate",
     "ModelNotFoundError",
     "Outcome",
     "QuotaExceededError",
     "Request",
     "RowsFailedError",
     "RunAbortedError",
+    "RunReport",
     "RunStats",
     "__version__",
+    "report",
 ]

@@ -132,6 +132,24 @@ reviews.head()""",
     ),
     (
         "md",
+        "estimate-md",
+        """\
+## 2b. What will it cost? Ask before sending anything
+
+`df.llm.estimate.embed(...)` and `df.llm.estimate.complete(...)` take exactly the arguments of
+`embed` and `complete`, plan the run the same way (packing, dedupe, the cache) and send nothing:
+rows to send, requests, input tokens (the same count the rate limiter uses), the output bound,
+the cost from dfbatch's dated price table (low and high), and the shortest time your limits
+allow. Every figure is also an attribute (`est.cost_usd_high`, `est.min_seconds`, ...).""",
+    ),
+    (
+        "code",
+        "estimate",
+        """\
+reviews.llm.estimate.embed("review", dimensions=256, rpm=6_000, tpm=2_000_000, **llm_options)""",
+    ),
+    (
+        "md",
         "embed-md",
         """\
 ## 3. Embed a column
@@ -225,7 +243,7 @@ out.loc[out["embedding_error"].notna(), ["review", "embedding", "embedding_error
         "md",
         "summary-md",
         """\
-The run's figures (requests, tokens, retries, 429s, time, failed rows) are in
+The run's figures (requests, tokens, retries, 429s, time, failed rows, the money spent) are in
 `out.attrs["dfbatch"]`, also printed as a summary under each progress bar.""",
     ),
     (
@@ -233,6 +251,63 @@ The run's figures (requests, tokens, retries, 429s, time, failed rows) are in
         "summary",
         """\
 out.attrs["dfbatch"]""",
+    ),
+    (
+        "md",
+        "budget-md",
+        """\
+## 5b. A budget that is never passed
+
+`budget=` (USD) is a hard cap: before each request dfbatch reserves its worst case (its input
+plus `max_tokens` of output) and settles it with the real cost when it answers. When the next
+request could pass the budget, nothing more is sent: the rows left say "budget reached" in their
+`*_error` column and the run ends normally. Here we allow a quarter of the high estimate.""",
+    ),
+    (
+        "code",
+        "budget",
+        """\
+prompt = "Translate to French: {review}"
+est = reviews.llm.estimate.complete(prompt, max_tokens=40, **llm_options)
+budget = est.cost_usd_high / 4
+capped = reviews.llm.complete(prompt, max_tokens=40, budget=budget, **llm_options)
+figures = capped.attrs["dfbatch"]
+print(f"estimate: {est.cost_usd_low:.6f} to {est.cost_usd_high:.6f} USD; budget {budget:.6f} USD")
+print(f"spent {figures['cost_usd']:.6f} USD; within budget:", figures["cost_usd"] <= budget)
+print("rows stopped by the budget:", figures["rows_budget_reached"])""",
+    ),
+    (
+        "md",
+        "rerun-md",
+        """\
+Rows stopped by the budget are not cached, so a rerun with a higher budget sends only them
+(identical prompts once): the rows answered before come from the cache.""",
+    ),
+    (
+        "code",
+        "rerun",
+        """\
+again = reviews.llm.complete(prompt, max_tokens=40, budget=budget * 8, **llm_options)
+print("requests sent by the rerun:", again.attrs["dfbatch"]["requests"])
+print("rows from the cache:", again.attrs["dfbatch"]["rows_from_cache"])
+print("rows still stopped:", again.attrs["dfbatch"]["rows_budget_reached"])""",
+    ),
+    (
+        "md",
+        "report-md",
+        """\
+## 5c. The run report
+
+`dfbatch.report(out)` shows a run's figures and plots them: requests per second and tokens per
+minute against the limits over time (429s and retries marked), latency percentiles, and the
+money spent. `.plot()` returns the matplotlib figure (`pip install "dfbatch[plot]"`), and
+`.save("report.png")` or `.save("report.html")` writes it.""",
+    ),
+    (
+        "code",
+        "report",
+        """\
+dfbatch.report(again)""",
     ),
     (
         "md",

@@ -550,3 +550,33 @@ def test_a_prompt_function_that_raises_on_one_row_fails_that_row_alone() -> None
         .startswith("invalid prompt: the prompt function raised ValueError")
     )
     assert sent == 2
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"budget": float("nan")},
+        {"budget": float("inf")},
+        {"budget": -1},
+        {"price": float("nan")},
+        {"price": {"input": 0.1, "output": float("inf")}},
+    ],
+)
+def test_budget_and_price_must_be_finite(option: dict[str, Any]) -> None:
+    """A NaN or infinite budget or price would switch the cap off or cost nothing: refused
+    before any request, naming the option."""
+    df = pd.DataFrame({"text": ["a"]})
+    with Simulator() as sim:
+        with pytest.raises(ConfigurationError, match=f"{next(iter(option))}"):
+            df.llm.embed("text", base_url=sim.base_url, api_key="sk-test", progress=False, **option)
+        assert sim.stats.accepted == 0
+
+
+@pytest.mark.parametrize("flags", [["--budget", "nan"], ["--budget", "inf"], ["--price", "nan"]])
+def test_cli_budget_and_price_refuse_nan(flags: list[str], tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """--budget and --price take finite numbers only (exit 2, the flag named, no traceback)."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"model": "text-embedding-3-small", "input": "a"}\n')
+    status = main(["run", str(source), "--url", "http://127.0.0.1:9/v1/embeddings", *flags])
+    err = capsys.readouterr().err
+    assert status == 2 and f"argument {flags[0]}" in err and "Traceback" not in err

@@ -191,6 +191,22 @@ def test_example_notebook_runs_in_a_kernel(kernel_dir: Path, tmp_path: Path) -> 
     summary = cells["summary"]["text"]
     assert "'rows': 200" in summary and "'rows_failed': 1" in summary, summary
 
+    # the estimate before the first call, the cost, the budget stop and rerun, the report
+    assert "text/html" in cells["estimate"]["mimes"]
+    assert "requests=1 " in cells["estimate"]["text"], cells["estimate"]["text"]
+    assert "'cost_usd': " in summary and "<timeline: " in summary, summary
+    budget = cells["budget"]["stdout"]
+    assert "within budget: True" in budget, budget
+    stopped = int(re.search(r"rows stopped by the budget: (\d+)", budget).group(1))
+    assert 0 < stopped < 197, budget
+    assert "budget reached" in cells["budget"]["stderr"]
+    rerun = cells["rerun"]["stdout"]
+    sent = int(re.search(r"requests sent by the rerun: (\d+)", rerun).group(1))
+    assert 0 < sent <= stopped and "still stopped: 0" in rerun, rerun
+    # every row sent before (all but the 2 missing reviews) is either stopped or cached now
+    assert f"rows from the cache: {198 - stopped}" in rerun, rerun
+    assert "text/html" in cells["report"]["mimes"]
+
     # the parquet round trip
     parquet = cells["parquet"]["stdout"]
     assert "same index: True" in parquet, parquet

@@ -610,3 +610,32 @@ def test_cli_prints_port_serves_and_dumps_stats(tmp_path: Path) -> None:
         assert proc.wait(timeout=10) == 0
     stats = json.loads(stats_file.read_text())
     assert stats["accepted"] == 1 and stats["by_status"] == {"200": 1}
+
+
+def test_tiktoken_usage_bills_as_openai_and_cuts_at_max_tokens() -> None:
+    """usage="tiktoken": chat prompts cost 3 per message + their fields + 3 (o200k for
+    gpt-4o-mini), embeddings their cl100k tokens; an answer longer than max_tokens is cut
+    there with finish_reason "length"."""
+    import tiktoken
+
+    o200k, cl100k = tiktoken.get_encoding("o200k_base"), tiktoken.get_encoding("cl100k_base")
+    with Simulator(usage="tiktoken") as s:
+        body = {
+            "model": CHAT,
+            "messages": [
+                {"role": "system", "content": "Be brief.", "name": "rules"},
+                {"role": "user", "content": "hello world " * 20},
+            ],
+            "max_tokens": 5,
+        }
+        answer = call(s.base_url + "/chat/completions", body).json
+        texts = ["system", "Be brief.", "rules", "user", "hello world " * 20]
+        expected = 3 + 3 * 2 + sum(len(o200k.encode(t)) for t in texts) + 1
+        assert answer["usage"]["prompt_tokens"] == expected
+        assert answer["usage"]["completion_tokens"] == 5
+        assert answer["choices"][0]["finish_reason"] == "length"
+        content = answer["choices"][0]["message"]["content"]
+        assert len(o200k.encode(content)) == 5
+        emb = call(s.base_url + "/embeddings", {"model": EMB, "input": ["a cat", "ünïcode 🎉"]})
+        tokens = len(cl100k.encode("a cat")) + len(cl100k.encode("ünïcode 🎉"))
+        assert emb.json["usage"]["prompt_tokens"] == tokens

@@ -50,6 +50,39 @@ def temperature(text: str) -> float:
     return value
 
 
+def usd(text: str) -> float:
+    """A budget in USD: a number, 0 or more (a leading "$" is fine).
+
+    >>> usd("$2.50")
+    2.5
+    """
+    try:
+        value = float(text.strip().lstrip("$").replace(",", ""))
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number of USD, 0 or more, got {text!r}")
+    return value
+
+
+def price(text: str) -> dict[str, float]:
+    """``IN[,OUT]``: USD per 1M input and output tokens (OUT defaults to IN).
+
+    >>> price("0.15,0.60"), price("0")
+    ({'input': 0.15, 'output': 0.6}, {'input': 0.0, 'output': 0.0})
+    """
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(v >= 0 and math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(
+            f"must be IN or IN,OUT in USD per 1M tokens (e.g. 0.15,0.60), got {text!r}"
+        )
+    return {"input": values[0], "output": values[-1]}
+
+
 def log_level(text: str) -> int:
     """``20``, ``INFO`` or ``info``.
 
@@ -133,6 +166,28 @@ def common_options(p: argparse.ArgumentParser, *, cookbook: bool) -> None:
         action="store_true",
         help="do not store or reuse answers (a rerun then sends unwritten lines again)",
     )
+    cost = p.add_argument_group("cost")
+    cost.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="send nothing: print what the run would send and cost, and how long it must take",
+    )
+    cost.add_argument(
+        "--budget",
+        type=usd,
+        metavar="USD",
+        default=None,
+        help="a hard cap on what the run spends; what is left when it is reached is written as "
+        "'budget reached' (rerun with a higher budget to send it)",
+    )
+    cost.add_argument(
+        "--price",
+        type=price,
+        metavar="IN[,OUT]",
+        default=None,
+        help="USD per 1M input (and output) tokens, for a model dfbatch's price table does "
+        "not list (an Azure deployment; 0 for a local server)",
+    )
     display = p.add_argument_group("display")
     display.add_argument(
         *alias("--log-level", "--logging_level"),
@@ -203,6 +258,12 @@ def run_parser(sub: Any) -> None:
     )
     files.add_argument(
         "--overwrite", action="store_true", help="start over instead of resuming an existing OUT"
+    )
+    files.add_argument(
+        "--report",
+        metavar="FILE",
+        default=None,
+        help="write the run report: FILE.png (a plot; needs dfbatch[plot]) or FILE.html",
     )
     common_options(p, cookbook=True)
 

@@ -83,7 +83,15 @@ def _do_run(args: argparse.Namespace) -> int:
         ordered=not args.unordered,
         progress=_progress(args),
         overwrite=args.overwrite,
+        budget=args.budget,
+        price=args.price,
+        report=_report_path(args.report),
     )
+    if args.dry_run:
+        from .estimate import estimate_run
+
+        print(estimate_run(job))
+        return 0
     result = run_sync(lambda: run_job(job))
     _say(result.summary, args.log_level)
     if result.failed and args.log_level > logging.INFO:
@@ -94,6 +102,25 @@ def _do_run(args: argparse.Namespace) -> int:
             job.output,
         )
     return result.exit_status
+
+
+def _report_path(report: str | None) -> Path | None:
+    """``--report FILE``: .png/.svg/.pdf (needs matplotlib, checked now) or .html."""
+    if report is None:
+        return None
+    path = Path(report).expanduser()
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".svg", ".pdf", ".html"):
+        raise ConfigurationError(f"--report must end in .png, .svg, .pdf or .html, got {report!r}")
+    if suffix != ".html":
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ConfigurationError(
+                f'--report {report} needs matplotlib: pip install "dfbatch[plot]" '
+                "(or write --report FILE.html)"
+            )
+    return path
 
 
 def _resolve_api(api_config: Any, url: str, key: str | None) -> Any:
@@ -119,6 +146,8 @@ def _frame_job(args: argparse.Namespace) -> Any:
         "max_in_flight": args.max_in_flight,
         "timeout": args.timeout,
         "progress": _progress(args),
+        "budget": args.budget,
+        "price": args.price,
     }
     expand_fields = None
     if args.command == "embed":
@@ -180,6 +209,11 @@ def _do_frames(args: argparse.Namespace) -> int:
     from .frames import run_frames
 
     job = _frame_job(args)
+    if args.dry_run:
+        from .estimate import estimate_frames
+
+        print(run_sync(lambda: estimate_frames(job)))
+        return 0
     if job.run_options["progress"]:
         # The accessor prints each chunk's summary under its bar; do not log it twice.
         logging.getLogger("dfbatch.jobs.run").setLevel(logging.WARNING)

@@ -117,9 +117,15 @@ def _check_writable(path: Path) -> None:
         ) from None
 
 
-async def _answer(job: FrameJob, frame: pd.DataFrame, cache: Any) -> pd.DataFrame:
+async def _answer(
+    job: FrameJob, frame: pd.DataFrame, cache: Any, spent: float = 0.0, stopped: bool = False
+) -> pd.DataFrame:
     options = dict(job.options)
     kwargs = {**job.run_options, "cache": cache}
+    if kwargs.get("budget") is not None:
+        # One budget for the whole file: each chunk may spend what the chunks before left,
+        # and once the budget stopped a chunk, nothing more is sent.
+        kwargs["budget"] = 0.0 if stopped else max(0.0, kwargs["budget"] - spent)
     if job.command == "embed":
         column = options.pop("column")
         return await frame.llm.aembed(column, **options, **kwargs)
@@ -166,8 +172,20 @@ def _new_columns(job: FrameJob, out: pd.DataFrame) -> dict[str, pa.Array]:
 
 
 def _add(total: dict[str, Any], figures: dict[str, Any]) -> None:
-    for key in ("requests", "retries", "rate_limited", "tokens_used", "elapsed_s"):
+    for key in (
+        "requests",
+        "retries",
+        "rate_limited",
+        "tokens_used",
+        "elapsed_s",
+        "rows_budget_reached",
+    ):
         total[key] = total.get(key, 0) + (figures.get(key) or 0)
+    if "cost_usd" in figures:
+        known = total.get("cost_usd", 0.0) is not None and figures["cost_usd"] is not None
+        total["cost_usd"] = total.get("cost_usd", 0.0) + figures["cost_usd"] if known else None
+    if figures.get("budget_usd") is not None:
+        total.setdefault("budget_usd", figures["budget_usd"])
     for cause, count in (figures.get("failures_by_cause") or {}).items():
         causes = total.setdefault("failures_by_cause", {})
         causes[cause] = causes.get(cause, 0) + count
@@ -205,7 +223,13 @@ async def run_frames(job: FrameJob) -> FrameResult:
                     f"{chunk.start:,}",
                     f"{chunk.start + len(chunk.frame) - 1:,}",
                 )
-            out = await _answer(job, chunk.frame, cache)
+            out = await _answer(
+                job,
+                chunk.frame,
+                cache,
+                spent=figures.get("cost_usd") or 0.0,
+                stopped=bool(figures.get("rows_budget_reached")),
+            )
             table = with_columns(chunk.table, _new_columns(job, out))
             if writer is None:
                 schema = table.schema.with_metadata(
@@ -232,6 +256,10 @@ async def run_frames(job: FrameJob) -> FrameResult:
 
     summary = format_summary(figures, rows=rows, failed=failed, cached=cached)
     summary = summary.replace("dfbatch:", f"dfbatch {job.command}:", 1)
+    summary = summary.replace(
+        "rerun with a higher budget= to send only them",
+        "rerun with --overwrite and a higher --budget to send only them",
+    )
     return FrameResult(rows, failed, 1 if failed else 0, summary + f"\nwrote {job.output}")
 
 

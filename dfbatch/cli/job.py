@@ -26,3 +26,6 @@ class RunJob:
     ordered: bool
     progress: bool
     overwrite: bool
+    budget: float | None = None
+    price: dict[str, float] | None = None
+    report: Path | None = None

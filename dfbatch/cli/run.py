@@ -29,7 +29,7 @@ from ..engine import constants as C
 from ..engine.core import Engine, run_stats_summary
 from ..engine.errors import ConfigurationError
 from ..engine.tokens import estimate_request_tokens
-from ..engine.types import ErrorInfo, Outcome, Request
+from ..engine.types import BUDGET_REACHED, ErrorInfo, Outcome, Request
 from ..jobs.progress import Progress, format_summary
 from .job import RunJob
 from .lines import Line, encode, error_line, parse_line, result_line
@@ -62,7 +62,10 @@ class _Run:
             max_in_flight=job.max_in_flight,
             max_attempts=job.max_attempts,
             timeout=job.timeout,
+            price=job.price,
+            budget=job.budget,
         )
+        self.budget_stopped = 0
         self.progress = Progress(n_lines, enabled=job.progress, desc="dfbatch run", unit="line")
         self.progress.advance(plan.done, failed=plan.failed)
         self.done = plan.done
@@ -72,33 +75,7 @@ class _Run:
     # -- reading -----------------------------------------------------------------------------
 
     def lines(self) -> Iterator[Line]:
-        """The lines still to do, parsed lazily, looked up in the cache a block at a time."""
-        job, plan = self.job, self.plan
-        mask = plan.mask
-        block: list[Line] = []
-        with job.requests.open("rb") as fh:
-            fh.seek(plan.start_offset)
-            index = plan.start_index
-            for raw in fh:
-                if index >= self.n_lines:
-                    break  # the file grew since it was counted
-                if mask is None or not mask[index]:
-                    block.append(parse_line(raw, index, job.url))
-                index += 1
-                if len(block) >= C.CLI_LOOKUP_BATCH:
-                    yield from self._looked_up(block)
-                    block = []
-        yield from self._looked_up(block)
-
-    def _looked_up(self, block: list[Line]) -> list[Line]:
-        if self.cache is not None and block:
-            keys = [line.key for line in block if line.key is not None]
-            hits = self.cache.get_many(keys) if keys else {}
-            if hits:
-                for line in block:
-                    if line.key is not None:
-                        line.cached = hits.get(line.key)
-        return block
+        return pending_lines(self.job, self.plan, self.n_lines, self.cache)
 
     async def before_pull(self, lines: Iterator[Line], sink: Sink) -> None:
         """Take lines until one must be sent; write the others (unusable, cached) on the way."""
@@ -136,6 +113,7 @@ class _Run:
         if error is not None:
             data = error_line(line, error)
             self.failed += 1
+            self.budget_stopped += error.code == BUDGET_REACHED
             self._log_failure(line, error, attempts)
         else:
             text = encode(response)
@@ -216,7 +194,40 @@ class _Run:
         finally:
             self.progress.close()
             fh.flush()
-        return run_stats_summary(stats)
+        figures = run_stats_summary(stats)
+        figures["timeline"] = stats.timeline.to_dict()
+        figures["rows_budget_reached"] = self.budget_stopped
+        return figures
+
+
+def pending_lines(job: RunJob, plan: Plan, n_lines: int, cache: Any) -> Iterator[Line]:
+    """The lines still to do, parsed lazily, looked up in the cache a block at a time."""
+    mask = plan.mask
+    block: list[Line] = []
+    with job.requests.open("rb") as fh:
+        fh.seek(plan.start_offset)
+        index = plan.start_index
+        for raw in fh:
+            if index >= n_lines:
+                break  # the file grew since it was counted
+            if mask is None or not mask[index]:
+                block.append(parse_line(raw, index, job.url))
+            index += 1
+            if len(block) >= C.CLI_LOOKUP_BATCH:
+                yield from _looked_up(cache, block)
+                block = []
+    yield from _looked_up(cache, block)
+
+
+def _looked_up(cache: Any, block: list[Line]) -> list[Line]:
+    if cache is not None and block:
+        keys = [line.key for line in block if line.key is not None]
+        hits = cache.get_many(keys) if keys else {}
+        if hits:
+            for line in block:
+                if line.key is not None:
+                    line.cached = hits.get(line.key)
+    return block
 
 
 def _store(cache: Any, line: Line, response: Any, text: str) -> None:
@@ -280,5 +291,13 @@ async def run_job(job: RunJob) -> RunResult:
             cache.close()
     summary = format_summary(figures, rows=n_lines, failed=run.failed, cached=run.cached)
     summary = summary.replace(f" {n_lines:,} rows,", f" {n_lines:,} lines,", 1)
+    summary = summary.replace(
+        "rerun with a higher budget= to send only them",
+        "rerun with --overwrite and a higher --budget to send only them",
+    )
     summary += f"\nresults: {job.output}"
+    if job.report is not None:
+        from ..jobs.report import RunReport
+
+        summary += f"\nreport: {RunReport(figures).save(job.report)}"
     return RunResult(n_lines, run.failed, 1 if run.failed else 0, summary)

@@ -140,3 +140,19 @@ CLI_CACHE_PAGES_KIB = 2_000
 #: ``dfbatch run``: seconds between cache commits. An answer received but neither flushed nor yet
 #: written in order is asked again after a kill -9, so keep this short (a commit is cheap in WAL).
 CLI_CACHE_FLUSH_INTERVAL = 0.02
+
+#: Run report: time buckets kept per series (one second each until a run outlasts them; then
+#: neighbours merge and the width doubles), so a report's size does not grow with the run.
+TIMELINE_MAX_BUCKETS = 1_024
+#: Latency histogram: log-spaced bins from 10**MIN_EXP to 10**MAX_EXP seconds.
+LATENCY_MIN_EXP = -3
+LATENCY_MAX_EXP = 3
+LATENCY_BINS_PER_DECADE = 20
+#: Latency percentiles a report shows.
+LATENCY_PERCENTILES = (50, 90, 99)
+#: (RPM, TPM) OpenAI documents for its lowest paid tier (tier 1), by model prefix: the time an
+#: estimate shows when no rpm/tpm is given (OpenAI's rate-limit guide, 2025-26).
+DOCUMENTED_TIER1_LIMITS: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (500.0, 200_000.0),
+    "text-embedding-3": (3_000.0, 1_000_000.0),
+}

@@ -25,14 +25,24 @@ import orjson
 
 from . import constants as C
 from .answers import answer_check
+from .budget import BudgetCap, output_bound
 from .checks import check_number, check_whole
 from .config import ApiConfig, redact
 from .errors import RunAbortedError
 from .http_client import default_transport
 from .limiter import Limiter, RateHeaders, Ticket
+from .prices import (
+    Price,
+    budget_needs_price,
+    format_usd,
+    price_for,
+    usage_cost,
+    worst_cost,
+)
 from .retry import Action, Verdict, backoff, classify_exception, classify_response, usage_total
+from .timeline import Timeline
 from .transport import Transport, TransportError
-from .types import ErrorInfo, Outcome, Request, RunStats
+from .types import BUDGET_REACHED, ErrorInfo, Outcome, Request, RunStats
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +143,8 @@ class Engine:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        price: Any = None,
+        budget: float | None = None,
     ) -> None:
         # Finite numbers in range: NaN would pass any "<= 0" test and turn pacing off.
         max_in_flight = check_whole("max_in_flight", max_in_flight)  # type: ignore[assignment]
@@ -140,6 +152,12 @@ class Engine:
         rpm = check_number("rpm", rpm, optional=True)
         tpm = check_number("tpm", tpm, optional=True)
         timeout = check_number("timeout", timeout)  # type: ignore[assignment]
+        budget = check_number("budget", budget, above=None, at_least=0, optional=True)
+        self.price = price  # price= as given: None (the table), a number or a dict
+        self.budget = budget
+        self._prices: dict[Any, Price | None] = {}
+        self._cap: BudgetCap | None = None
+        self._settled = asyncio.Event()
         self.api = api
         self.rpm, self.tpm = rpm, tpm
         self.max_in_flight = max_in_flight
@@ -184,7 +202,10 @@ class Engine:
         # The loop's clock by default, so a virtual-time loop in the tests moves it too.
         self._clock = self._clock_arg or asyncio.get_running_loop().time
         now = self._clock()
-        self.stats = stats = RunStats(started=now)
+        self.stats = stats = RunStats(started=now, budget_usd=self.budget)
+        stats.timeline = Timeline(now)
+        self._cap = BudgetCap(self.budget) if self.budget is not None else None
+        self._settled = asyncio.Event()
         self.limiter = Limiter(
             rpm=self.rpm, tpm=self.tpm, max_in_flight=self.max_in_flight, now=now
         )
@@ -259,8 +280,6 @@ class Engine:
         headers: dict[str, str],
         secrets: tuple[str, ...],
     ) -> Outcome:
-        stats = self.stats
-        limiter = gate.limiter
         url = self._urls.get(request.endpoint)
         if url is None:
             url = self._urls[request.endpoint] = self.api.url(request.endpoint)
@@ -269,13 +288,57 @@ class Engine:
         except TypeError as exc:  # e.g. a numpy value in extra_body: that row fails alone
             error = ErrorInfo(None, "invalid_request", f"the request body is not JSON: {exc}")
             return self._failed(request, Verdict(Action.FAIL_ROW, error=error), 0)
+        price = self._price_of(request)
+        cap = self._cap
+        if cap is None:
+            return await self._send(request, gate, transport, headers, secrets, url, body, price)
+        worst = worst_cost(price, *_split_tokens(request)) if price is not None else 0.0
+        while True:
+            hold = cap.reserve(worst)
+            if hold is not None:
+                break
+            if not cap.must_wait(worst):
+                return self._refused(request, cap, worst)
+            settled = self._settled
+            await settled.wait()  # a request in flight settles: try again
+        actual = 0.0
+        try:
+            outcome = await self._send(request, gate, transport, headers, secrets, url, body, price)
+            if outcome.ok and price is not None:
+                actual = usage_cost(price, _usage(outcome.response))
+            return outcome
+        finally:
+            cap.settle(hold, actual)
+            self._settled.set()
+            self._settled = asyncio.Event()
+
+    async def _send(
+        self,
+        request: Request,
+        gate: _Gate,
+        transport: Transport,
+        headers: dict[str, str],
+        secrets: tuple[str, ...],
+        url: str,
+        body: bytes,
+        price: Price | None,
+    ) -> Outcome:
+        stats = self.stats
+        limiter = gate.limiter
+        timeline: Timeline = stats.timeline
         check = answer_check(request.endpoint, request.body)  # before it counts or is cached
         attempt = 0
         while True:
             attempt += 1
             ticket = await gate.acquire(request.tokens)
+            sent_at = self._clock()
             stats.requests_sent += 1
             stats.tokens_estimated += request.tokens
+            timeline.add("requests", sent_at)
+            timeline.add("tokens", sent_at, request.tokens)
+            rpm, tpm = limiter.requests.rate, limiter.tokens.rate
+            timeline.level("rpm_limit", sent_at, None if rpm is None else rpm * 60.0)
+            timeline.level("tpm_limit", sent_at, None if tpm is None else tpm * 60.0)
             try:
                 try:
                     raw = await transport.send(url, headers, body, self.timeout)
@@ -291,8 +354,10 @@ class Engine:
                     gate.close()  # before the slot frees: nothing else may go out
                     raise self._abort_error(verdict)
                 now = self._clock()
+                timeline.latency(now - sent_at)
                 if verdict.rate_limited:
                     stats.rate_limited += 1
+                    timeline.add("rate_limited", now)
                     limiter.on_rate_limited(ticket, rate, verdict.retry_after, now)
                 else:
                     limiter.on_response(ticket, rate, now)
@@ -301,12 +366,23 @@ class Engine:
 
             if verdict.action is Action.SUCCESS:
                 stats.succeeded += 1
-                stats.tokens_used += usage_total(verdict.body)
+                now = self._clock()
+                used = usage_total(verdict.body)  # the answer check vouched for its usage
+                stats.tokens_used += used
+                timeline.add("tokens_used", now, used)
+                if price is None:
+                    stats.cost_usd = None  # unknown: never a guess
+                else:
+                    cost = usage_cost(price, _usage(verdict.body))
+                    if stats.cost_usd is not None:
+                        stats.cost_usd += cost
+                    timeline.add("cost_usd", now, cost)
                 return Outcome(request, verdict.body, attempts=attempt, value=verdict.value)
             if verdict.action is Action.ABORT:
                 raise self._abort_error(verdict)
             if verdict.action is Action.RETRY and attempt < self.max_attempts:
                 stats.retries += 1
+                timeline.add("retries", self._clock())
                 wait = verdict.retry_after
                 if wait is None:
                     wait = backoff(attempt, self._rng.random())
@@ -321,6 +397,36 @@ class Engine:
                 await self._sleep(wait)
                 continue
             return self._failed(request, verdict, attempt)
+
+    def _price_of(self, request: Request) -> Price | None:
+        """The price of the request's model (memoised); a budget with no price is an error."""
+        model = request.body.get("model") if isinstance(request.body, dict) else None
+        key = model if isinstance(model, str) else None
+        if key not in self._prices:
+            if self.budget is not None:
+                self._prices[key] = budget_needs_price(model, self.price)
+            else:
+                self._prices[key] = price_for(model, self.price)
+        return self._prices[key]
+
+    def _refused(self, request: Request, cap: BudgetCap, worst: float) -> Outcome:
+        """The budget is reached: this request is not sent (and its rows are not cached)."""
+        cap.refuse()
+        stats = self.stats
+        stats.budget_refused += 1
+        if stats.budget_refused == 1:
+            log.warning(
+                "budget reached: %s of the %s budget spent; the next request could cost up to "
+                "%s, so nothing more is sent. Rerun with a higher budget= to send the rows left.",
+                format_usd(cap.spent),
+                format_usd(cap.limit),
+                format_usd(worst),
+            )
+        message = (
+            f"budget reached: {format_usd(cap.spent)} of the {format_usd(cap.limit)} budget "
+            "spent, this row was not sent (rerun with a higher budget= to send it)"
+        )
+        return Outcome(request, error=ErrorInfo(None, BUDGET_REACHED, message))
 
     def _failed(self, request: Request, verdict: Verdict, attempt: int) -> Outcome:
         stats = self.stats
@@ -360,6 +466,16 @@ def _scrubbed(verdict: Verdict, secrets: tuple[str, ...]) -> Verdict:
     return replace(verdict, error=scrubbed)
 
 
+def _usage(body: Any) -> Any:
+    return body.get("usage") if isinstance(body, dict) else None
+
+
+def _split_tokens(request: Request) -> tuple[int, int]:
+    """(input tokens, output bound) of a request, from its TPM estimate and its body."""
+    bound = output_bound(request.endpoint, request.body)
+    return max(0, request.tokens - bound), bound
+
+
 def _cause(error: ErrorInfo) -> str:
     """A short label to group failures by in summaries."""
     if error.status is None:
@@ -383,4 +499,7 @@ def run_stats_summary(stats: RunStats) -> dict[str, Any]:
         "effective_rpm": round(stats.requests_sent / minutes, 1) if minutes else None,
         "effective_tpm": round(stats.tokens_used / minutes, 1) if minutes else None,
         "failures_by_cause": dict(stats.failures_by_cause),
+        "cost_usd": stats.cost_usd,
+        **({"budget_usd": stats.budget_usd} if stats.budget_usd is not None else {}),
+        "requests_not_sent_budget": stats.budget_refused,
     }

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+#: The ``code`` of a request the budget stopped (never sent, never cached).
+BUDGET_REACHED = "budget_reached"
+
 
 @dataclass(slots=True)
 class Request:
@@ -33,6 +36,8 @@ class ErrorInfo:
     request_id: str | None = None
 
     def __str__(self) -> str:
+        if self.code == BUDGET_REACHED:  # not the server's: the row was never sent
+            return self.message
         head = f"HTTP {self.status}" if self.status is not None else "network"
         code = f" {self.code}" if self.code else ""
         rid = f" (request id {self.request_id})" if self.request_id else ""
@@ -84,6 +89,13 @@ class RunStats:
     tokens_estimated: int = 0
     tokens_used: int = 0
     failures_by_cause: dict[str, int] = field(default_factory=dict)
+    #: USD of the answers so far, from their ``usage`` (None: a model's price is unknown).
+    cost_usd: float | None = 0.0
+    budget_usd: float | None = None
+    #: Requests not sent because the budget was reached (their rows: "budget reached").
+    budget_refused: int = 0
+    #: The run's figures over time (a ``Timeline``), for the run report.
+    timeline: Any = None
 
     def elapsed(self, now: float) -> float:
         end = self.finished if self.finished is not None else now

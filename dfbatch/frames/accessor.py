@@ -17,6 +17,7 @@ from ..jobs.options import RunKwargs
 from ..jobs.run import RunOptions, release_freed_memory
 from ..jobs.sync import blocking_twin
 from .columns import complete_frame, embed_values
+from .estimate import FrameEstimator, SeriesEstimator
 
 DEFAULT_EMBED_MODEL = "text-embedding-3-small"
 DEFAULT_CHAT_MODEL = "gpt-4o-mini"
@@ -143,6 +144,14 @@ class LlmFrameAccessor:
 
     complete = blocking_twin(acomplete)
 
+    @property
+    def estimate(self) -> FrameEstimator:
+        """What a call would send and cost, with nothing sent: ``df.llm.estimate.embed(...)``
+        and ``df.llm.estimate.complete(...)`` take exactly the arguments of ``embed`` and
+        ``complete`` and return an ``Estimate`` (rows, cached rows, requests, tokens, cost low
+        and high, the shortest time the limits allow)."""
+        return FrameEstimator(self)
+
 
 def _signature_without(method: Any, drop: str, **defaults: Any) -> inspect.Signature:
     sig = inspect.signature(method)
@@ -188,6 +197,18 @@ class LlmSeriesAccessor:
     )
     embed = blocking_twin(aembed)
     complete = blocking_twin(acomplete)
+
+    @property
+    def estimate(self) -> SeriesEstimator:
+        """``series.llm.estimate.embed(...)`` / ``.complete(...)``: as ``df.llm.estimate``."""
+        return SeriesEstimator(self)
+
+
+# help() and inspect show the options of the call an estimate describes.
+FrameEstimator.embed.__signature__ = inspect.signature(LlmFrameAccessor.aembed)  # type: ignore[attr-defined]
+FrameEstimator.complete.__signature__ = _signature_without(  # type: ignore[attr-defined]
+    LlmFrameAccessor.acomplete, "_positional"
+)
 
 
 def _missing_column(column: Any, columns: pd.Index) -> Exception:

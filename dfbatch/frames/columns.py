@@ -6,9 +6,11 @@ on its row by position -> wrap with ``assign`` (the caller's index and frame unt
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ import pandas as pd
 from ..cache.store import request_key
 from ..engine.checks import check_number, check_whole
 from ..engine.errors import ConfigurationError, RowsFailedError
+from ..engine.prices import PER_TOKENS, price_for, usage_cost
 from ..engine.tokens import estimate_request_tokens
 from ..engine.types import Outcome, Request
 from ..jobs import chat as _chat
@@ -27,6 +30,8 @@ from ..jobs.run import RunOptions, execute, report
 log = logging.getLogger(__name__)
 
 ERRORS = ("coerce", "raise")
+#: How a row the budget stopped starts its ``{output}_error`` (see the engine's budget).
+BUDGET_REACHED = "budget reached"
 
 
 def _check_errors(errors: str) -> None:
@@ -71,6 +76,9 @@ def _finish(
         Counter(_cause(m) for m in errors_col.dropna()).most_common()
     )
     figures["rows_not_sent"] = not_sent
+    figures["rows_budget_reached"] = sum(
+        isinstance(m, str) and m.startswith(BUDGET_REACHED) for m in errors_col.dropna()
+    )
     summary = format_summary(
         figures, rows=len(frame), failed=failed, cached=figures.get("rows_from_cache", 0)
     )
@@ -139,6 +147,7 @@ async def embed_values(
             rows_failed=len(job.errors),
             rows_cached=job.cached,
             desc=f"embed {model}",
+            model=model,
         )
         if as_floats:  # the server does not do base64: ask again for floats
             log.info("the server refused base64 embeddings; asking for floats")
@@ -146,6 +155,9 @@ async def embed_values(
                 job._request(i, b, sum(job.tokens[u] for u in b), None)
                 for i, b in enumerate(as_floats)
             ]
+            if options.budget is not None:  # one budget for the call: what is left of it
+                left = options.budget - (figures.get("cost_usd") or 0.0)
+                options = dataclasses.replace(options, budget=max(0.0, left))
             more = await execute(
                 retry,
                 lambda o: job.receive(o, cache, keys),
@@ -161,6 +173,12 @@ async def embed_values(
     columns: dict[str, Any] = {output: job.column(), f"{output}_error": job.error_column()}
     if usage:
         columns[f"{output}_tokens"] = job.row_tokens()
+        price = price_for(model, options.price)
+        columns[f"{output}_cost_usd"] = (
+            job.row_tokens() * (price.input / PER_TOKENS)
+            if price is not None
+            else pd.array([None] * job.n_rows, dtype="Float64")
+        )
     return _finish(
         frame,
         columns,
@@ -185,6 +203,10 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "elapsed_s",
     ):
         out[key] = (a.get(key) or 0) + (b.get(key) or 0)
+    if a.get("cost_usd") is not None and b.get("cost_usd") is not None:
+        out["cost_usd"] = a["cost_usd"] + b["cost_usd"]
+    else:
+        out["cost_usd"] = None
     return out
 
 
@@ -255,41 +277,32 @@ def _call(prompt: Any, row: Row) -> Any:
         return _BadPrompt(f"invalid prompt: the prompt function raised {type(exc).__name__}: {exc}")
 
 
-async def complete_frame(
+@dataclass
+class ChatPlan:
+    """The requests a ``complete`` call makes: one body per distinct prompt, with its rows."""
+
+    prompts: list[Any]  # one per row; None: an NA field, not sent
+    bodies: dict[str, tuple[dict[str, Any], list[int]]]  # cache key -> (body, row positions)
+    errors: np.ndarray  # per row: why it cannot be sent, or None
+
+
+def plan_chat(
     frame: pd.DataFrame,
     prompt: _chat.Prompt,
     *,
     model: str,
     system: str | None,
-    output: str,
     max_tokens: int | None,
     temperature: float | None,
-    response_format: Any,
+    spec: dict[str, Any] | None,
     n: int,
-    expand: bool,
-    usage: bool,
-    errors: str,
     extra_body: dict[str, Any] | None,
-    options: RunOptions,
-    positional: Any = None,
-) -> pd.DataFrame:
-    _check_errors(errors)
-    _check_names(output=output, model=model)
-    n = check_whole("n", n)  # type: ignore[assignment]
-    max_tokens = check_whole("max_tokens", max_tokens, optional=True)
-    temperature = check_number(
-        "temperature", temperature, above=None, at_least=0, at_most=2, optional=True
-    )
-    spec, model_cls = _chat.response_format_spec(response_format)
-    wants_json = spec is not None and spec.get("type") in ("json_object", "json_schema")
-    if expand and not wants_json:
-        raise ConfigurationError("expand=True needs a response_format that gives JSON objects")
+    positional: str | None,
+) -> ChatPlan:
+    """Rows -> request bodies, identical ones once: what ``complete`` sends and
+    ``estimate.complete`` counts, so the two cannot drift apart."""
     prompts = _prompts(frame, prompt, positional)
-    rows = len(frame)
-    values = np.full(rows, None, dtype=object)
-    errs = np.full(rows, None, dtype=object)
-    prompt_tokens = np.full(rows, None, dtype=object)
-    completion_tokens = np.full(rows, None, dtype=object)
+    errs = np.full(len(frame), None, dtype=object)
     bodies: dict[str, tuple[dict[str, Any], list[int]]] = {}
     for i, p in enumerate(prompts):
         if p is None:
@@ -320,6 +333,57 @@ async def complete_frame(
             bodies[key][1].append(i)
         else:
             bodies[key] = (body, [i])
+    return ChatPlan(prompts, bodies, errs)
+
+
+async def complete_frame(
+    frame: pd.DataFrame,
+    prompt: _chat.Prompt,
+    *,
+    model: str,
+    system: str | None,
+    output: str,
+    max_tokens: int | None,
+    temperature: float | None,
+    response_format: Any,
+    n: int,
+    expand: bool,
+    usage: bool,
+    errors: str,
+    extra_body: dict[str, Any] | None,
+    options: RunOptions,
+    positional: Any = None,
+) -> pd.DataFrame:
+    _check_errors(errors)
+    _check_names(output=output, model=model)
+    n = check_whole("n", n)  # type: ignore[assignment]
+    max_tokens = check_whole("max_tokens", max_tokens, optional=True)
+    temperature = check_number(
+        "temperature", temperature, above=None, at_least=0, at_most=2, optional=True
+    )
+    spec, model_cls = _chat.response_format_spec(response_format)
+    wants_json = spec is not None and spec.get("type") in ("json_object", "json_schema")
+    if expand and not wants_json:
+        raise ConfigurationError("expand=True needs a response_format that gives JSON objects")
+    rows = len(frame)
+    values = np.full(rows, None, dtype=object)
+    prompt_tokens = np.full(rows, None, dtype=object)
+    completion_tokens = np.full(rows, None, dtype=object)
+    costs = np.full(rows, None, dtype=object)
+    price = price_for(model, options.price)
+    plan = plan_chat(
+        frame,
+        prompt,
+        model=model,
+        system=system,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        spec=spec,
+        n=n,
+        extra_body=extra_body,
+        positional=positional,
+    )
+    prompts, bodies, errs = plan.prompts, plan.bodies, plan.errors
 
     def place(response: Any, positions: list[int], sent: dict[str, Any]) -> int:
         try:
@@ -330,10 +394,12 @@ async def complete_frame(
             for i in positions:
                 errs[i] = str(exc)
             return len(positions)
+        cost = usage_cost(price, response.get("usage")) if price is not None else None
         for i in positions:
             values[i] = value
             prompt_tokens[i] = info["prompt_tokens"]
             completion_tokens[i] = info["completion_tokens"]
+            costs[i] = cost
         return 0
 
     cache = options.open_cache()
@@ -383,6 +449,7 @@ async def complete_frame(
             rows_failed=sum(e is not None for e in errs),
             rows_cached=cached_rows,
             desc=f"complete {model}",
+            model=model,
         )
     finally:
         if cache is not None:
@@ -400,6 +467,7 @@ async def complete_frame(
     if usage:
         columns[f"{output}_prompt_tokens"] = pd.array(prompt_tokens, dtype="Int64")
         columns[f"{output}_completion_tokens"] = pd.array(completion_tokens, dtype="Int64")
+        columns[f"{output}_cost_usd"] = pd.array(costs, dtype="Float64")
     return _finish(
         frame,
         columns,

@@ -18,6 +18,11 @@ class RunKwargs(TypedDict, total=False):
     - ``timeout``: seconds before a hung request is retried (default 60).
     - ``progress``: show a progress bar and summary (default True).
     - ``cache``: True (the per-user store), False, a file path, or a ``ResponseCache``.
+    - ``budget``: a hard cap in USD on what the run spends; rows left when it is reached get
+      ``{output}_error`` "budget reached" (not cached), and a rerun with a higher budget sends
+      only those.
+    - ``price``: USD per 1M tokens, overriding dfbatch's price table: a number, or
+      ``{"input": ..., "output": ...}`` (``price=0`` for a local server).
     """
 
     base_url: str | None
@@ -31,3 +36,5 @@ class RunKwargs(TypedDict, total=False):
     progress: bool | None
     cache: bool | str | PathLike[str] | Any
     transport: Any
+    budget: float | None
+    price: float | dict[str, float] | None

@@ -7,6 +7,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..engine.prices import format_usd
 from ..engine.types import RunStats
 
 #: Seconds between refreshes of the rates and counters shown beside the bar.
@@ -63,6 +64,11 @@ class Progress:
         postfix["failed"] = self.failed
         if self.cached:
             postfix["cached"] = self.cached
+        if stats.cost_usd is not None:
+            spent = format_usd(stats.cost_usd)
+            if stats.budget_usd is not None:
+                spent += f" of {format_usd(stats.budget_usd)}"
+            postfix["spent"] = spent
         self._bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:
@@ -90,9 +96,38 @@ def format_summary(figures: dict[str, Any], *, rows: int, failed: int, cached: i
     )
     if figures.get("effective_rpm"):
         text += f" ({figures['effective_rpm']:,.0f} requests/min)"
+    text += cost_text(figures)
     causes = figures.get("failures_by_cause") or {}
     if causes:
         text += "\n  failed rows by cause: " + ", ".join(
             f"{cause}: {count:,}" for cause, count in sorted(causes.items(), key=lambda kv: -kv[1])
+        )
+    return text
+
+
+def cost_text(figures: dict[str, Any]) -> str:
+    """The money part of the summary: spent, the budget, and what the budget stopped.
+
+    >>> print(cost_text({"cost_usd": 0.5, "budget_usd": 0.5, "rows_budget_reached": 10}))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    ; $0.5 spent of the $0.5 budget
+      budget reached: 10 rows not sent (their _error says so); rerun with a higher budget= to
+      send only them
+    """
+    if "cost_usd" not in figures:
+        return ""
+    cost = figures["cost_usd"]
+    text = (
+        "; cost unknown (no price for this model: pass price=)"
+        if cost is None
+        else (f"; {format_usd(cost)} spent")
+    )
+    if figures.get("budget_usd") is not None:
+        text += f" of the {format_usd(figures['budget_usd'])} budget"
+    stopped = figures.get("rows_budget_reached") or 0
+    if stopped:
+        text += (
+            f"\n  budget reached: {stopped:,} rows not sent (their _error says so); rerun with "
+            "a higher budget= to send only them"
         )
     return text

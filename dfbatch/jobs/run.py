@@ -18,6 +18,7 @@ from ..engine.checks import check_number, check_whole
 from ..engine.config import ApiConfig
 from ..engine.core import Engine, run_stats_summary
 from ..engine.errors import ConfigurationError
+from ..engine.prices import budget_needs_price, parse_price
 from ..engine.transport import Transport
 from ..engine.types import Outcome, Request
 from .progress import Progress
@@ -40,6 +41,8 @@ class RunOptions:
     progress: bool | None = True
     cache: CacheOption = True
     transport: Transport | None = None
+    budget: float | None = None
+    price: Any = None
 
     @classmethod
     def build(
@@ -56,6 +59,8 @@ class RunOptions:
         progress: bool | None = True,
         cache: CacheOption = True,
         transport: Transport | None = None,
+        budget: float | None = None,
+        price: Any = None,
     ) -> RunOptions:
         """Check every option before anything is opened or sent (ConfigurationError)."""
         rpm = check_number("rpm", rpm, optional=True)
@@ -65,7 +70,23 @@ class RunOptions:
         timeout = check_number("timeout", timeout)  # type: ignore[assignment]
         _check_cache(cache)
         api = ApiConfig.resolve(base_url=base_url, api_key=api_key, api_version=api_version)
-        return cls(api, rpm, tpm, max_attempts, max_in_flight, timeout, progress, cache, transport)
+        if price is not None:
+            parse_price(price)  # a malformed price= fails here, before anything else
+        if budget is not None and not (isinstance(budget, int | float) and budget >= 0):
+            raise ConfigurationError(f"budget must be a number of USD, 0 or more, got {budget!r}")
+        return cls(
+            api,
+            rpm,
+            tpm,
+            max_attempts,
+            max_in_flight,
+            timeout,
+            progress,
+            cache,
+            transport,
+            budget,
+            price,
+        )
 
     def __repr__(self) -> str:
         return f"RunOptions({self.api!r}, rpm={self.rpm}, tpm={self.tpm})"
@@ -79,7 +100,14 @@ class RunOptions:
             max_attempts=self.max_attempts,
             timeout=self.timeout,
             transport=self.transport,
+            price=self.price,
+            budget=self.budget,
         )
+
+    def check_price(self, model: str) -> None:
+        """With ``budget=``, the model's price must be known: else fail before any request."""
+        if self.budget is not None:
+            budget_needs_price(model, self.price)
 
     def open_cache(self) -> Any:
         """The response cache to use, or ``None`` (``cache=False``)."""
@@ -117,11 +145,15 @@ async def execute(
     rows_failed: int = 0,
     rows_cached: int = 0,
     desc: str = "dfbatch",
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Send ``requests``; ``on_outcome`` returns (rows finished, rows failed) for each outcome.
 
-    Returns the run's figures (for ``DataFrame.attrs`` and the summary).
+    Returns the run's figures (for ``DataFrame.attrs`` and the summary), with the run's
+    ``timeline`` (plain values, a few KB) for its report.
     """
+    if model is not None:
+        options.check_price(model)
     engine = options.engine()
     progress = Progress(total_rows, enabled=options.progress, desc=desc)
     progress.advance(rows_done, failed=rows_failed, cached=rows_cached)
@@ -137,6 +169,7 @@ async def execute(
     finally:
         progress.close()
     figures = run_stats_summary(stats)
+    figures["timeline"] = stats.timeline.to_dict()
     figures["rows"] = total_rows
     figures["rows_failed"] = progress.failed
     figures["rows_from_cache"] = progress.cached

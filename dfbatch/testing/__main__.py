@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shuffle-data", action="store_true", help="shuffle embedding data items")
     p.add_argument("--record-inputs", action="store_true", help="count each answered text")
     p.add_argument("--model", action="append", default=[], help="serve this model too (repeatable)")
+    p.add_argument(
+        "--usage",
+        choices=("words", "tiktoken"),
+        default="words",
+        help="how usage is billed: word counts (default) or tiktoken, as OpenAI does",
+    )
     p.add_argument("--stats-file", default=None, help="write the counters here (else stdout)")
     return p
 
@@ -101,6 +107,7 @@ async def serve(args: argparse.Namespace) -> None:
         shuffle_data=args.shuffle_data,
         record_inputs=args.record_inputs,
         models=args.model,
+        usage=args.usage,
         port=args.port,
     )
     loop = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
+from . import _usage
 from ._answers import (
     estimated_tokens,
     expected_completion,
@@ -62,6 +63,7 @@ class ServerState(Protocol):
     rate_limit_headers: bool
     shuffle_data: bool
     record_inputs: bool
+    usage: str
     hang_seconds: float
     models: set[str]
     organization: str
@@ -282,6 +284,8 @@ class Handlers:
         data = ",".join(
             f'{{"object":"embedding","index":{i},"embedding":{embs[i]}}}' for i in order
         )
+        if sim.usage == "tiktoken":
+            tokens = _usage.embedding_tokens(texts, model)
         usage = f'{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}'
         return (
             f'{{"object":"list","data":[{data}],"model":{json.dumps(model)},"usage":{usage}}}'
@@ -289,6 +293,8 @@ class Handlers:
 
     def _generation(self, body: dict[str, Any], endpoint: str) -> dict[str, Any]:
         answer = expected_completion(body)
+        if self.sim.usage == "tiktoken":
+            answer = _usage.bill(answer, body)
         chat = endpoint == "chat/completions"
         if self.sim.record_inputs:
             if chat:

@@ -127,6 +127,8 @@ class Simulator:
         rate_limit_headers: send ``x-ratelimit-*`` headers (only for the limits that are set).
         shuffle_data: return embedding ``data`` items in a shuffled order.
         record_inputs: count each answered text in ``stats.inputs``.
+        usage: ``"words"`` (default) bills ``count_tokens``; ``"tiktoken"`` bills what OpenAI
+            would (tiktoken, the cookbook's chat formula) and cuts answers at ``max_tokens``.
         models: model names served besides :data:`KNOWN_MODELS` (a name containing
             "embed" is an embedding model, any other a chat model).
         port: TCP port on 127.0.0.1 (0: a free one, see ``sim.port`` once started).
@@ -154,6 +156,7 @@ class Simulator:
         rate_limit_headers: bool = True,
         shuffle_data: bool = False,
         record_inputs: bool = False,
+        usage: str = "words",
         models: Iterable[str] | None = None,
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
@@ -169,6 +172,9 @@ class Simulator:
         self.rate_limit_headers = rate_limit_headers
         self.shuffle_data = shuffle_data
         self.record_inputs = record_inputs
+        if usage not in ("words", "tiktoken"):
+            raise ValueError(f"usage must be 'words' or 'tiktoken', got {usage!r}")
+        self.usage = usage
         self.models: set[str] = set(KNOWN_MODELS) | set(models or ())
         self.organization = organization
         self.clock = clock

@@ -18,6 +18,11 @@ class RunKwargs(TypedDict, total=False):
     - ``timeout``: seconds before a hung request is retried (default 60).
     - ``progress``: show a progress bar and summary (default True).
     - ``cache``: True (the per-user store), False, a file path, or a ``ResponseCache``.
+    - ``backend``: ``"online"`` (default) or ``"batch"``: the Batch API, half the price,
+      answers within 24 h, resumable across restarts (the record is in the cache).
+    - ``poll_interval``: with ``backend="batch"``, seconds before the first status check
+      (default 10; it backs off while nothing changes).
+    - ``wait``: with ``backend="batch"``, False returns a job handle at once.
     """
 
     base_url: str | None
@@ -31,3 +36,6 @@ class RunKwargs(TypedDict, total=False):
     progress: bool | None
     cache: bool | str | PathLike[str] | Any
     transport: Any
+    backend: str
+    poll_interval: float | None
+    wait: bool

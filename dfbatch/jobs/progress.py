@@ -65,6 +65,11 @@ class Progress:
             postfix["cached"] = self.cached
         self._bar.set_postfix(postfix, refresh=False)
 
+    def show_batches(self, counts: dict[str, int]) -> None:
+        """The Batch API's ``request_counts`` over the run's batches, beside the bar."""
+        if not self._bar.disable:
+            self._bar.set_postfix(counts, refresh=True)
+
     def close(self) -> None:
         self._bar.close()
 

@@ -16,6 +16,7 @@ from typing import Any
 from ..engine import constants as C
 from ..engine.config import ApiConfig
 from ..engine.core import Engine, run_stats_summary
+from ..engine.errors import ConfigurationError
 from ..engine.transport import Transport
 from ..engine.types import Outcome, Request
 from .progress import Progress
@@ -38,6 +39,10 @@ class RunOptions:
     progress: bool | None = True
     cache: CacheOption = True
     transport: Transport | None = None
+    #: "online" (the engine) or "batch" (the Batch API: half the price, within 24 h).
+    backend: str = "online"
+    poll_interval: float | None = None
+    wait: bool = True
 
     @classmethod
     def build(
@@ -54,9 +59,29 @@ class RunOptions:
         progress: bool | None = True,
         cache: CacheOption = True,
         transport: Transport | None = None,
+        backend: str = "online",
+        poll_interval: float | None = None,
+        wait: bool = True,
     ) -> RunOptions:
+        if backend not in ("online", "batch"):
+            raise ConfigurationError(f"backend must be 'online' or 'batch', got {backend!r}")
+        if not wait and backend != "batch":
+            raise ConfigurationError("wait=False needs backend='batch'")
         api = ApiConfig.resolve(base_url=base_url, api_key=api_key, api_version=api_version)
-        return cls(api, rpm, tpm, max_attempts, max_in_flight, timeout, progress, cache, transport)
+        return cls(
+            api,
+            rpm,
+            tpm,
+            max_attempts,
+            max_in_flight,
+            timeout,
+            progress,
+            cache,
+            transport,
+            backend,
+            poll_interval,
+            wait,
+        )
 
     def __repr__(self) -> str:
         return f"RunOptions({self.api!r}, rpm={self.rpm}, tpm={self.tpm})"
@@ -93,11 +118,35 @@ async def execute(
     rows_failed: int = 0,
     rows_cached: int = 0,
     desc: str = "dfbatch",
+    lines: Any = None,
+    endpoint: str | None = None,
+    model: str | None = None,
+    cache: Any = None,
 ) -> dict[str, Any]:
     """Send ``requests``; ``on_outcome`` returns (rows finished, rows failed) for each outcome.
 
-    Returns the run's figures (for ``DataFrame.attrs`` and the summary).
+    Returns the run's figures (for ``DataFrame.attrs`` and the summary). With
+    ``backend="batch"`` the requests go through the Batch API instead
+    (:mod:`dfbatch.jobs.batch_run`): ``lines`` ties them to cache keys, ``endpoint`` and
+    ``model`` name the batches, ``cache`` (the front end's open cache) holds their record.
     """
+    if options.backend == "batch":
+        from .batch_run import execute_batch
+
+        return await execute_batch(
+            requests,
+            on_outcome,
+            options=options,
+            lines=lines,
+            endpoint=endpoint,
+            model=model,
+            cache=cache,
+            total_rows=total_rows,
+            rows_done=rows_done,
+            rows_failed=rows_failed,
+            rows_cached=rows_cached,
+            desc=desc,
+        )
     engine = options.engine()
     progress = Progress(total_rows, enabled=options.progress, desc=desc)
     progress.advance(rows_done, failed=rows_failed, cached=rows_cached)

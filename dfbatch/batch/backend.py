@@ -320,8 +320,7 @@ class BatchRun:
                     ended += 1
                 elif status == "failed":
                     del self.active[job.id]
-                    self._failed(job, batch)
-                    ended += 1
+                    self._failed(job, batch)  # raises, or queues it for a later wave
             self._show()
             if self.to_create and (ended or not self.active):
                 await self._waves(client, lone=not self.active and not ended)

@@ -105,11 +105,16 @@ class BatchStats:
     #: per row's text (an embedding input, the last user message, a prompt): how many
     #: created batches carried it. A value over 1 is a row paid for twice.
     submitted: Counter[str] = field(default_factory=Counter)
+    #: per row's text: how many batches answered it (what is paid for). Lines an expired or
+    #: cancelled batch never ran are submitted but not answered.
+    answered: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "submitted"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("submitted", "answered")}
         out["rows_submitted"] = sum(self.submitted.values())
         out["rows_submitted_twice"] = sum(1 for v in self.submitted.values() if v > 1)
+        out["rows_answered"] = sum(self.answered.values())
+        out["rows_answered_twice"] = sum(1 for v in self.answered.values() if v > 1)
         return out
 
 
@@ -510,6 +515,8 @@ class BatchStore:
         completed = failed = 0
         for i, line in enumerate(b.lines):
             if i < done:
+                for text in _row_texts(b.endpoint, line["body"]):
+                    self.stats.answered[text] += 1
                 status_code, body = self._answer(b.endpoint, line["body"])
                 record = {
                     "id": "batch_req_" + secrets.token_hex(12),

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +19,7 @@ import dfbatch
 from dfbatch.batch.backend import BatchFailedError
 from dfbatch.cache.batch_record import BatchRecord
 from dfbatch.engine import constants as C
-from dfbatch.testing import Simulator
+from dfbatch.testing import Simulator, expected_embedding
 
 POLL = 0.02
 
@@ -441,3 +446,65 @@ def test_lines_are_read_as_hostile() -> None:
         b'"body":{"error":{"message":"bad","code":"c"}}}}'
     ).error
     assert str(err) == "HTTP 400 c: bad (request id r)"
+
+
+# -- kill -9 at each stage, then rerun --------------------------------------------------------
+
+KILL_ROWS = 12  # 6 requests of 2 inputs, 2 lines a file: 3 batches
+
+
+def _child(sim: Simulator, cache) -> subprocess.Popen:  # type: ignore[no-untyped-def, type-arg]
+    script = Path(__file__).with_name("_batch_child.py")
+    return subprocess.Popen(
+        [sys.executable, str(script), sim.base_url, str(cache), str(KILL_ROWS), "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _kill_when(proc, ready, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 60
+    while not ready():
+        assert proc.poll() is None, f"the child ended before {what}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"never reached {what}"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("stage", ["upload", "created", "polling", "downloading"])
+def test_kill_9_at_any_stage_then_rerun_submits_no_row_twice(sim, opts, stage, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Killed during an upload, right after a create, while polling or while downloading:
+    the rerun finds the batches already submitted and submits only rows none covers."""
+    store = sim.batches
+    faults = store.faults
+    if stage == "upload":  # the 2nd file reached the server; its answer never came back
+        faults.hold_upload = 30
+        ready = lambda: store.stats.files_created >= 2  # noqa: E731
+    elif stage == "created":  # the 1st batch exists upstream; the client never heard its id
+        faults.hold_create = 30
+        ready = lambda: store.stats.batches_created >= 1  # noqa: E731
+    elif stage == "polling":
+        store.batch_seconds = 30
+        ready = lambda: store.stats.retrieves >= 3  # noqa: E731
+    else:  # the 1st batch's output is being downloaded
+        faults.hold_content = 30
+        ready = lambda: store.stats.content_started >= 1  # noqa: E731
+    _kill_when(_child(sim, opts["cache"]), ready, stage)
+
+    faults.hold_upload = faults.hold_create = faults.hold_content = 0
+    store.batch_seconds = 0.2
+    if stage == "polling":  # the batches made before the kill still take their 30 s
+        for b in store.batches.values():
+            b.started -= 30
+    monkeypatch.setattr(C, "BATCH_MAX_LINES", 2)
+    df = pd.DataFrame({"text": [f"kill test row {i}" for i in range(KILL_ROWS)]})
+    out = df.llm.embed("text", batch_size=2, **batch(opts))
+    for text, vector in zip(df.text, out.embedding, strict=True):
+        assert np.array_equal(vector, expected_embedding(text, model="text-embedding-3-small"))
+    no_row_twice(sim)  # no row went into two batches ...
+    no_row_twice(sim, "answered")  # ... nor was paid for twice
+    assert set(store.stats.submitted) == set(df.text)
+    record = BatchRecord(opts["cache"])
+    assert {j.state for j in record.jobs()} == {"done"}
+    record.close()

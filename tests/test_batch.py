@@ -479,7 +479,7 @@ def test_kill_9_at_any_stage_then_rerun_submits_no_row_twice(sim, opts, stage, m
     store = sim.batches
     faults = store.faults
     if stage == "upload":  # the 2nd file reached the server; its answer never came back
-        faults.hold_upload = 30
+        faults.hold_upload, faults.hold_upload_after = 30, 1
         ready = lambda: store.stats.files_created >= 2  # noqa: E731
     elif stage == "created":  # the 1st batch exists upstream; the client never heard its id
         faults.hold_create = 30

@@ -74,7 +74,8 @@ class BatchFaults:
       validating or in progress; a batch over it fails with ``token_limit_exceeded``;
     * ``malformed_lines``: the first N lines of each output file are not JSON;
     * ``hold_upload``, ``hold_create``, ``hold_content``: seconds each such request is held
-      after the server took it in (the file exists, the batch is created, before answering).
+      after the server took it in (the file exists, the batch is created, before answering);
+      uploads are held only once ``hold_upload_after`` files have been created.
     """
 
     fail_validation: int = 0
@@ -83,6 +84,7 @@ class BatchFaults:
     enqueued_token_limit: int | None = None
     malformed_lines: int = 0
     hold_upload: float = 0.0
+    hold_upload_after: int = 0
     hold_create: float = 0.0
     hold_content: float = 0.0
 
@@ -268,7 +270,7 @@ class BatchStore:
         self.files[f.id] = f
         self.stats.files_created += 1
         self.stats.lines_uploaded += content.count(b"\n") + (not content.endswith(b"\n"))
-        if self.faults.hold_upload:
+        if self.faults.hold_upload and self.stats.files_created > self.faults.hold_upload_after:
             await asyncio.sleep(self.faults.hold_upload)
         return json_response(f.shape())
 

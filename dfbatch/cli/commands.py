@@ -120,6 +120,9 @@ def _frame_job(args: argparse.Namespace) -> Any:
         "timeout": args.timeout,
         "progress": _progress(args),
     }
+    if args.batch:
+        run_options["backend"] = "batch"
+        run_options["poll_interval"] = args.poll_interval
     expand_fields = None
     if args.command == "embed":
         options: dict[str, Any] = {
@@ -210,4 +213,16 @@ def _do_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _do_run, "embed": _do_frames, "complete": _do_frames, "cache": _do_cache}
+def _do_batches(args: argparse.Namespace) -> int:
+    from .batches_cmd import do_batches
+
+    return do_batches(args)
+
+
+COMMANDS = {
+    "run": _do_run,
+    "embed": _do_frames,
+    "complete": _do_frames,
+    "cache": _do_cache,
+    "batches": _do_batches,
+}

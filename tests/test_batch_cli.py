@@ -1,0 +1,67 @@
+"""``dfbatch embed/complete --batch`` and ``dfbatch batches`` on the simulator."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dfbatch.cli.main import main
+from dfbatch.testing import Simulator, expected_embedding
+
+pytestmark = pytest.mark.usefixtures("isolated_env")
+
+
+@pytest.fixture
+def sim():  # type: ignore[no-untyped-def]
+    with Simulator(batch_seconds=0.2) as s:
+        yield s
+
+
+def test_embed_batch_writes_the_online_table(sim, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """--batch gives the same parquet as the online command; the job is listed as done."""
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"text": [f"cli row {i}" for i in range(15)]}).to_csv(src, index=False)
+    common = ["embed", str(src), "--column", "text", "--base-url", sim.base_url, "--no-progress"]
+    assert main([*common, str(tmp_path / "b.parquet"), "--batch", "--poll-interval", "0.02"]) == 0
+    assert main([*common, str(tmp_path / "o.parquet"), "--no-cache"]) == 0
+    b = pd.read_parquet(tmp_path / "b.parquet")
+    o = pd.read_parquet(tmp_path / "o.parquet")
+    for x, y, text in zip(b.embedding, o.embedding, b.text, strict=True):
+        assert np.array_equal(x, y)
+        assert np.array_equal(np.asarray(x, np.float32), expected_embedding(text))
+    assert sim.batches.stats.batches_created == 1
+    capsys.readouterr()
+    assert main(["batches", "--json"]) == 0
+    (job,) = json.loads(capsys.readouterr().out)
+    assert job["state"] == "done" and job["status"] == "completed"
+    assert job["batch_id"] in sim.batches.batches
+    assert main(["batches"]) == 0
+    table = capsys.readouterr().out
+    assert "completed" in table and job["batch_id"] in table
+
+
+def test_batches_lists_a_job_still_running(sim, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A job left running (wait=False) shows as not yet downloaded, with how to pick it up."""
+    sim.batches.batch_seconds = 30
+    df = pd.DataFrame({"text": ["a", "b"]})
+    job = df.llm.complete(
+        "{text}", base_url=sim.base_url, backend="batch", wait=False, progress=False
+    )
+    assert main(["batches", "--open"]) == 0
+    out = capsys.readouterr().out
+    assert job.batch_ids[0] in out and "not yet downloaded" in out
+
+
+def test_complete_batch_flag(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """dfbatch complete --batch answers every row through the Batch API."""
+    src = tmp_path / "in.jsonl"
+    pd.DataFrame({"text": ["x", "y", "z"]}).to_json(src, orient="records", lines=True)
+    out = tmp_path / "out.parquet"
+    args = ["complete", str(src), str(out), "--prompt", "Say {text}", "--batch"]
+    assert main([*args, "--base-url", sim.base_url, "--poll-interval", "0.02"]) == 0
+    assert pd.read_parquet(out).completion.notna().all()
+    assert sim.batches.stats.batches_created == 1
+    assert sim.stats.by_endpoint["chat/completions"] == 0

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shuffle-data", action="store_true", help="shuffle embedding data items")
     p.add_argument("--record-inputs", action="store_true", help="count each answered text")
     p.add_argument("--model", action="append", default=[], help="serve this model too (repeatable)")
+    p.add_argument(
+        "--batch-seconds", type=float, default=2.0, help="how long a Batch API batch takes"
+    )
     p.add_argument("--stats-file", default=None, help="write the counters here (else stdout)")
     return p
 
@@ -102,6 +105,7 @@ async def serve(args: argparse.Namespace) -> None:
         record_inputs=args.record_inputs,
         models=args.model,
         port=args.port,
+        batch_seconds=args.batch_seconds,
     )
     loop = asyncio.get_running_loop()
     done = asyncio.Event()

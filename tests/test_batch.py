@@ -508,3 +508,27 @@ def test_kill_9_at_any_stage_then_rerun_submits_no_row_twice(sim, opts, stage, m
     record = BatchRecord(opts["cache"])
     assert {j.state for j in record.jobs()} == {"done"}
     record.close()
+
+
+@pytest.mark.parametrize("kind", ["embed", "complete"])
+def test_another_calls_batch_is_waited_for_and_its_answers_kept(sim, opts, kind) -> None:  # type: ignore[no-untyped-def]
+    """Call B shares rows with call A's running batch: B waits for it instead of submitting
+    them, keeps A's other answers in the cache, and A's result() then submits nothing."""
+    sim.batches.batch_seconds = 0.5
+    a = pd.DataFrame({"text": ["a", "b", "c", "d"]})
+    b = pd.DataFrame({"text": ["c", "d", "e"]})
+
+    def call(df: pd.DataFrame, **kw: object):  # type: ignore[no-untyped-def]
+        if kind == "embed":
+            return df.llm.embed("text", batch_size=2, **batch(opts, **kw))
+        return df.llm.complete("{text}", **batch(opts, **kw))
+
+    job_a = call(a, wait=False)
+    out_b = call(b)
+    assert out_b.iloc[:, -2].notna().all()  # the answers column
+    assert sim.batches.stats.batches_created == 2  # A's, and B's for "e" alone
+    out_a = job_a.result()
+    assert out_a.iloc[:, -2].notna().all()
+    assert sim.batches.stats.batches_created == 2
+    no_row_twice(sim)
+    no_row_twice(sim, "answered")

@@ -14,15 +14,21 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..engine.types import ErrorInfo, Outcome, Request
-from .embed import EmbedJob
+from .embed import EmbedJob, parse_embeddings
 
 
 class KeyedLines:
     """Requests whose ``id`` is their hex cache key; ``find(key)`` gives back, for a key of
-    this job still unanswered, the request to put an answer on (None otherwise)."""
+    this job still unanswered, the request to put an answer on (None otherwise). An answer
+    for a key that is not this job's (another call's batch, picked up on the way) goes to the
+    cache, so that call finds it there and never submits it again."""
 
-    def __init__(self, find: Callable[[str], Request | None]) -> None:
+    def __init__(
+        self, find: Callable[[str], Request | None], *, cache: Any = None, model: str | None = None
+    ) -> None:
         self._find = find
+        self._cache = cache
+        self._model = model
 
     def keys(self, request: Request) -> list[bytes]:
         return [bytes.fromhex(request.id)]
@@ -37,6 +43,8 @@ class KeyedLines:
             return None
         request = self._find(keys[0].hex())
         if request is None:
+            if error is None and self._cache is not None and isinstance(response, dict):
+                self._cache.put(keys[0].hex(), response, model=self._model)
             return None
         return Outcome(request, response=response, error=error, attempts=1)
 
@@ -44,10 +52,18 @@ class KeyedLines:
 class EmbedLines:
     """The packed requests of an :class:`EmbedJob` whose unique texts have ``keys``."""
 
-    def __init__(self, job: EmbedJob, keys: Sequence[bytes], encoding_format: str | None) -> None:
+    def __init__(
+        self,
+        job: EmbedJob,
+        keys: Sequence[bytes],
+        encoding_format: str | None,
+        *,
+        cache: Any = None,
+    ) -> None:
         self.job = job
         self._keys = keys
         self._format = encoding_format
+        self._cache = cache
         self._unit_of: dict[bytes, int] | None = None
 
     def keys(self, request: Request) -> list[bytes]:
@@ -67,10 +83,15 @@ class EmbedLines:
             self._unit_of = {k: u for u, k in enumerate(self._keys)}
         job = self.job
         wanted: dict[int, int] = {}  # position in the line -> unit
+        foreign: list[int] = []  # positions of keys that are not this job's
         for i, key in enumerate(keys):
             u = self._unit_of.get(key)
-            if u is not None and job.rows_of[u] and not job.have[u]:  # type: ignore[index]
+            if u is None:
+                foreign.append(i)
+            elif job.rows_of[u] and not job.have[u]:  # type: ignore[index]
                 wanted[i] = u
+        if foreign and error is None:
+            self._keep(keys, foreign, response)
         if not wanted:
             return None
         units = list(wanted.values())
@@ -78,6 +99,21 @@ class EmbedLines:
         if error is not None:
             return Outcome(request, error=error, attempts=1)
         return Outcome(request, response=_narrow(response, wanted, len(keys)), attempts=1)
+
+    def _keep(self, keys: list[bytes], positions: list[int], response: Any) -> None:
+        """Cache the vectors of another call's inputs, so that call never pays for them again."""
+        if self._cache is None:
+            return
+        try:
+            found, matrix = parse_embeddings(response, len(keys))
+        except ValueError:
+            return  # unusable: that call's rerun submits them again
+        take = set(positions)
+        rows = [j for j, i in enumerate(found) if i in take]
+        if rows:
+            self._cache.put_vectors(
+                [keys[found[j]] for j in rows], matrix[rows], model=self.job.model
+            )
 
 
 def _narrow(response: Any, wanted: dict[int, int], n: int) -> Any:

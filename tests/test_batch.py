@@ -532,3 +532,37 @@ def test_another_calls_batch_is_waited_for_and_its_answers_kept(sim, opts, kind)
     assert sim.batches.stats.batches_created == 2
     no_row_twice(sim)
     no_row_twice(sim, "answered")
+
+
+def test_the_bar_shows_the_batches_request_counts(sim, opts, capsys) -> None:  # type: ignore[no-untyped-def]
+    """While waiting, the progress bar carries completed, failed and total of the batches."""
+    sim.batches.batch_seconds = 0.5
+    df = pd.DataFrame({"text": [f"bar {i}" for i in range(8)]})
+    df.llm.complete("{text}", **batch(opts, progress=True))
+    err = capsys.readouterr().err
+    assert "(batch)" in err and "batches=1" in err and "total=8" in err
+
+
+def test_simulator_files_endpoints(sim) -> None:  # type: ignore[no-untyped-def]
+    """Upload (multipart), retrieve, content and delete, with OpenAI's shapes."""
+    from aiohttp import ClientSession, FormData
+
+    async def go() -> None:
+        async with ClientSession() as s:
+            form = FormData()
+            form.add_field("purpose", "batch")
+            form.add_field("file", b'{"a": 1}\n', filename="in.jsonl")
+            up = await (await s.post(sim.base_url + "/files", data=form)).json()
+            assert up["object"] == "file" and up["bytes"] == 9 and up["purpose"] == "batch"
+            got = await (await s.get(sim.base_url + f"/files/{up['id']}")).json()
+            assert got["filename"] == "in.jsonl"
+            content = await (await s.get(sim.base_url + f"/files/{up['id']}/content")).read()
+            assert content == b'{"a": 1}\n'
+            gone = await (await s.delete(sim.base_url + f"/files/{up['id']}")).json()
+            assert gone == {"id": up["id"], "object": "file", "deleted": True}
+            missing = await s.get(sim.base_url + f"/files/{up['id']}")
+            assert missing.status == 404
+            bad = await s.post(sim.base_url + "/batches", json={"input_file_id": up["id"]})
+            assert bad.status == 400
+
+    asyncio.run(go())

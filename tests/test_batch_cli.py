@@ -65,3 +65,22 @@ def test_complete_batch_flag(sim, tmp_path) -> None:  # type: ignore[no-untyped-
     assert pd.read_parquet(out).completion.notna().all()
     assert sim.batches.stats.batches_created == 1
     assert sim.stats.by_endpoint["chat/completions"] == 0
+
+
+def test_every_chunk_is_submitted_before_any_is_waited_for(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--batch with several chunks: all their batches run side by side, one each."""
+    sim.batches.batch_seconds = 1.0
+    src = tmp_path / "in.csv"
+    texts = [f"chunked row {i}" for i in range(15)]
+    pd.DataFrame({"text": texts}).to_csv(src, index=False)
+    out = tmp_path / "out.parquet"
+    args = ["embed", str(src), str(out), "--column", "text", "--chunk-size", "5", "--batch"]
+    assert main([*args, "--base-url", sim.base_url, "--poll-interval", "0.02"]) == 0
+    batches = list(sim.batches.batches.values())
+    assert len(batches) == 3
+    started = [b.started for b in batches]
+    assert max(started) - min(started) < 1.0  # the last created before the first could end
+    got = pd.read_parquet(out)
+    for text, vector in zip(got.text, got.embedding, strict=True):
+        assert np.array_equal(np.asarray(vector, np.float32), expected_embedding(text))
+    assert sum(sim.batches.stats.submitted.values()) == 15

@@ -44,9 +44,8 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
     batch.add_argument(
         "--batch",
         action="store_true",
-        help="send the rows through the Batch API; rerun the same command to pick the "
-        "batches up after an interruption (each --chunk-size chunk is one job, waited for "
-        "in turn: raise --chunk-size for fewer waits)",
+        help="send the rows through the Batch API (every chunk submitted first, then waited "
+        "for together); rerun the same command to pick the batches up after an interruption",
     )
     batch.add_argument(
         "--poll-interval",

@@ -288,7 +288,7 @@ def test_ctrl_c_stops_waiting_without_cancelling_and_the_rerun_picks_up(sim, opt
     no_row_twice(sim)
 
 
-def test_polling_backs_off_while_nothing_changes(sim, opts) -> None:  # type: ignore[no-untyped-def]
+def test_polling_backs_off(sim, opts) -> None:  # type: ignore[no-untyped-def]
     """A batch that stays in progress is polled ever less often, from poll_interval on."""
     sim.batches.faults.stuck = True
     df = pd.DataFrame({"text": ["p"]})

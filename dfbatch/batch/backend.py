@@ -7,7 +7,7 @@
     submit:    requests (less the inputs an open job already carries) -> JSONL files on disk,
                split at the API's limits -> record the lines -> upload -> record the file ->
                create -> record the batch
-    wait:      poll (``poll_interval``, backing off while nothing changes); a batch refused
+    wait:      poll (``poll_interval``, 1.5x longer each time, up to 5 minutes); a batch refused
                for the enqueued-token limit is created again once an earlier one ends (waves)
     download:  each ended batch's output and error files, line by line -> ``on_outcome`` per
                line (the job caches answers) -> flush -> record the job done
@@ -299,9 +299,9 @@ class BatchRun:
     # -- wait --------------------------------------------------------------------------------
 
     async def _wait(self, client: BatchApi) -> None:
-        interval = self.poll_interval
+        interval = 0.0
+        cap = max(C.BATCH_POLL_MAX, self.poll_interval)
         while self.active or self.to_create:
-            changed = False
             ended = 0
             for job in list(self.active.values()):
                 batch = await client.retrieve(job.batch_id or "")
@@ -310,7 +310,6 @@ class BatchRun:
                     raise BatchApiError(f"batch {job.batch_id}: unknown status {status!r}")
                 counts = _counts(batch.get("request_counts"))
                 if (status, counts) != (job.status, self.snapshots.get(job.id)):
-                    changed = True
                     job.status = status
                     self.snapshots[job.id] = counts
                     self.record.status(job.id, status, counts)
@@ -324,14 +323,15 @@ class BatchRun:
             self._show()
             if self.to_create and (ended or not self.active):
                 await self._waves(client, lone=not self.active and not ended)
-                changed = True
+                ended += 1
             if not (self.active or self.to_create):
                 return
-            interval = (
-                self.poll_interval
-                if changed
-                else min(interval * C.BATCH_POLL_BACKOFF, C.BATCH_POLL_MAX)
-            )
+            # From poll_interval, 1.5x longer after each poll; from the start again once a
+            # batch has ended (the others, submitted together, may be about to end too).
+            if ended or not interval:
+                interval = self.poll_interval
+            else:
+                interval = min(interval * C.BATCH_POLL_BACKOFF, cap)
             await asyncio.sleep(interval)
 
     async def _waves(self, client: BatchApi, *, lone: bool) -> None:

@@ -52,8 +52,8 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
         type=positive(float),
         metavar="SECONDS",
         default=None,
-        help=f"first wait between status checks (default: {C.BATCH_POLL_INTERVAL:g}; it backs "
-        "off while nothing changes)",
+        help=f"first wait between status checks (default: {C.BATCH_POLL_INTERVAL:g}; 1.5x "
+        "longer after each, up to 5 minutes)",
     )
 
 

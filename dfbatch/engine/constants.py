@@ -120,9 +120,9 @@ BATCH_MAX_FILE_BYTES = 200 * 2**20
 BATCH_MAX_EMBEDDING_INPUTS = 50_000
 #: ... the only completion window the API offers ...
 BATCH_COMPLETION_WINDOW = "24h"
-#: ... seconds before the first status poll (``poll_interval=``), the factor each poll that
-#: sees no change multiplies it by, and its ceiling: a day-long batch costs ~300 polls, a
-#: test against a fast simulator passes a small ``poll_interval``.
+#: ... seconds before the second status poll (``poll_interval=``), the factor each poll
+#: multiplies it by (back to the start when a batch ends), and its ceiling: a day-long batch
+#: costs ~300 polls; a test against a fast simulator passes a small ``poll_interval``.
 BATCH_POLL_INTERVAL = 10.0
 BATCH_POLL_BACKOFF = 1.5
 BATCH_POLL_MAX = 300.0

@@ -20,8 +20,8 @@ class RunKwargs(TypedDict, total=False):
     - ``cache``: True (the per-user store), False, a file path, or a ``ResponseCache``.
     - ``backend``: ``"online"`` (default) or ``"batch"``: the Batch API, half the price,
       answers within 24 h, resumable across restarts (the record is in the cache).
-    - ``poll_interval``: with ``backend="batch"``, seconds before the first status check
-      (default 10; it backs off while nothing changes).
+    - ``poll_interval``: with ``backend="batch"``, seconds between the first status checks
+      (default 10; 1.5x longer after each, up to 5 minutes).
     - ``wait``: with ``backend="batch"``, False returns a job handle at once.
     """
 

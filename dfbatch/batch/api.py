@@ -95,7 +95,8 @@ class BatchApi:
         )
 
     async def find_by_file(self, file_id: str, *, pages: int = C.BATCH_LIST_PAGES) -> Any:
-        """The newest batch made from ``file_id`` (reading at most ``pages`` pages), or None."""
+        """The newest batch made from ``file_id`` that did not fail (reading at most ``pages``
+        pages), or None."""
         after = None
         for _ in range(pages):
             page = await self.list(after=after)
@@ -103,7 +104,11 @@ class BatchApi:
             if not isinstance(data, list):
                 return None
             for batch in data:
-                if isinstance(batch, dict) and batch.get("input_file_id") == file_id:
+                if (
+                    isinstance(batch, dict)
+                    and batch.get("input_file_id") == file_id
+                    and batch.get("status") != "failed"  # refused: nothing was submitted
+                ):
                     return batch
             last = page.get("last_id")
             if not page.get("has_more") or not isinstance(last, str):

@@ -69,7 +69,7 @@ def read_line(raw: bytes) -> LineResult:
     ...     b'"message":"late"}}').error.code
     'batch_expired'
     >>> read_line(b'{"custom_id": "a", "resp').error.code
-    'invalid_batch_line'
+    'invalid_line'
     """
     try:
         line = msgspec.json.decode(raw)

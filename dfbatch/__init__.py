@@ -3,7 +3,8 @@
 The public API is what ``__all__`` lists here, the ``.llm`` accessors, ``dfbatch.testing`` and
 the ``dfbatch`` command. The subpackages are the rooms of the house, in the order the data goes:
 ``frames`` and ``cli`` (front ends) -> ``jobs`` (rows to requests, outcomes to values) ->
-``cache`` (answers paid for) -> ``engine`` (limiter, retry policy, transport).
+``batch`` (the Batch API backend) -> ``cache`` (answers paid for) -> ``engine`` (limiter,
+retry policy, transport).
 
 >>> import dfbatch                                            # doctest: +SKIP
 >>> df.llm.embed("text")                                      # doctest: +SKIP

@@ -566,3 +566,16 @@ def test_simulator_files_endpoints(sim) -> None:  # type: ignore[no-untyped-def]
             assert bad.status == 400
 
     asyncio.run(go())
+
+
+def test_a_create_whose_answer_is_lost_is_adopted_not_repeated(sim, opts, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The create times out after the server made the batch: the client finds that batch
+    (GET /batches, by input file) instead of creating a second one."""
+    sim.batches.faults.hold_create = 3
+    monkeypatch.setattr(C, "BATCH_HTTP_TIMEOUT", 0.5)
+    df = pd.DataFrame({"text": ["lost", "answer"]})
+    out = df.llm.complete("{text}", **batch(opts))
+    assert out.completion.notna().all()
+    assert sim.batches.stats.batches_created == 1 and sim.batches.stats.lists >= 1
+    assert out.attrs["dfbatch"]["batches_created"] == 0  # adopted, not created by this call
+    no_row_twice(sim)

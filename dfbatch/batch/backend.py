@@ -278,11 +278,11 @@ class BatchRun:
         if batch is None:
             try:
                 batch = await client.create(file_id, self.url, {"dfbatch_job": str(job)})
+                self.counts.batches_created += 1
             except (BatchApiError, RunAbortedError):
                 batch = await client.find_by_file(file_id)  # did it go through after all?
                 if batch is None:
                     raise
-            self.counts.batches_created += 1
         batch_id = batch.get("id")
         if not isinstance(batch_id, str) or not batch_id or len(batch_id) > 200:
             raise BatchApiError(f"create a batch from {file_id}: the answer has no batch id")

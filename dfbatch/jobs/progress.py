@@ -95,6 +95,12 @@ def format_summary(figures: dict[str, Any], *, rows: int, failed: int, cached: i
     )
     if figures.get("effective_rpm"):
         text += f" ({figures['effective_rpm']:,.0f} requests/min)"
+    if figures.get("backend") == "batch":
+        ids = figures.get("batch_ids") or []
+        text += f"\n  Batch API: {len(ids):,} batch(es)" + (
+            f": {', '.join(ids[:5])}" if ids else ""
+        )
+        text += " ..." if len(ids) > 5 else ""
     causes = figures.get("failures_by_cause") or {}
     if causes:
         text += "\n  failed rows by cause: " + ", ".join(

@@ -230,7 +230,7 @@ class BatchApi:
         if verdict.action is Action.RETRY and attempt < attempts:
             return
         raise BatchApiError(
-            self._redact(f"{what}: {exc or type(exc).__name__}") + ". Fix: check the network "
+            self._redact(f"{what}: {str(exc) or type(exc).__name__}") + ". Fix: check the network "
             "and base_url; rerun the same call to pick the job up where it stopped"
         ) from None
 

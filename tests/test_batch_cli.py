@@ -84,3 +84,51 @@ def test_every_chunk_is_submitted_before_any_is_waited_for(sim, tmp_path) -> Non
     for text, vector in zip(got.text, got.embedding, strict=True):
         assert np.array_equal(np.asarray(vector, np.float32), expected_embedding(text))
     assert sum(sim.batches.stats.submitted.values()) == 15
+
+
+def _requests_file(path, n: int = 12):  # type: ignore[no-untyped-def]
+    with path.open("w") as fh:
+        for i in range(n):
+            fh.write(
+                json.dumps(
+                    {"model": "text-embedding-3-small", "input": f"line {i}", "metadata": {"i": i}}
+                )
+                + "\n"
+            )
+        fh.write("not json\n")
+        fh.write(json.dumps({"model": "gpt-4o-mini", "input": "wrong model kind"}) + "\n")
+    return path
+
+
+def _results(path):  # type: ignore[no-untyped-def]
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_batch_writes_the_online_results_in_order(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """dfbatch run --batch: the results file of the online run, in input order, unusable
+    lines and refused lines as errors, nothing sent online; a rerun sends nothing."""
+    src = _requests_file(tmp_path / "req.jsonl")
+    url = sim.base_url + "/embeddings"
+    common = ["run", str(src), "--url", url, "--no-progress", "--log-level", "40"]
+    online_out, batch_out = tmp_path / "online.jsonl", tmp_path / "batch.jsonl"
+    assert main([*common, "-o", str(online_out), "--no-cache"]) == 1  # two lines fail
+    online_calls = sim.stats.by_endpoint["embeddings"]
+    args = [*common, "-o", str(batch_out), "--batch", "--poll-interval", "0.02"]
+    assert main(args) == 1
+    assert sim.stats.by_endpoint["embeddings"] == online_calls  # nothing sent online
+    online, batch = _results(online_out), _results(batch_out)
+    assert len(batch) == len(online) == 14
+    for a, b in zip(online, batch, strict=True):
+        assert a[0] == b[0]  # the request, in input order
+        answered = isinstance(a[1], dict) and "data" in a[1]
+        if answered:
+            assert a[1]["data"] == b[1]["data"]  # the same vectors
+        else:  # both errors
+            assert not (isinstance(b[1], dict) and "data" in b[1]), b
+    assert sim.batches.stats.batches_created == 2  # one per model
+    assert sum(sim.batches.stats.submitted.values()) == 13
+    batch_out.unlink()
+    assert main(args) == 1  # a rerun from scratch: answers from the cache
+    assert sim.batches.stats.batches_created == 3  # only the refused line is submitted again
+    assert sim.batches.stats.submitted["wrong model kind"] == 2
+    assert _results(batch_out)[:12] == batch[:12]

@@ -186,6 +186,20 @@ def run_parser(sub: Any) -> None:
     files.add_argument(
         "--overwrite", action="store_true", help="start over instead of resuming an existing OUT"
     )
+    batch = p.add_argument_group("Batch API (half the price, answers within 24 h)")
+    batch.add_argument(
+        "--batch",
+        action="store_true",
+        help="send the lines through the Batch API, then write the results in input order; "
+        "rerun the same command to pick the batches up after an interruption",
+    )
+    batch.add_argument(
+        "--poll-interval",
+        type=positive(float),
+        metavar="SECONDS",
+        default=None,
+        help=f"first wait between status checks (default: {C.BATCH_POLL_INTERVAL:g})",
+    )
     common_options(p, cookbook=True)
 
 

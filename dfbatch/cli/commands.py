@@ -81,6 +81,8 @@ def _do_run(args: argparse.Namespace) -> int:
         ordered=not args.unordered,
         progress=_progress(args),
         overwrite=args.overwrite,
+        batch=args.batch,
+        poll_interval=args.poll_interval,
     )
     result = run_sync(lambda: run_job(job))
     _say(result.summary, args.log_level)

@@ -26,3 +26,5 @@ class RunJob:
     ordered: bool
     progress: bool
     overwrite: bool
+    batch: bool = False  # --batch: through the Batch API (cli.run_batch)
+    poll_interval: float | None = None

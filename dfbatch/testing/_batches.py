@@ -45,6 +45,7 @@ from ._checks import (
     check_model,
     json_response,
 )
+from ._handlers import _float_row_format
 
 __all__ = ["BatchFaults", "BatchStats", "BatchStore"]
 
@@ -621,7 +622,8 @@ def _embeddings_body(
             vecs = vecs.astype("<f4")
         embs: list[Any] = [base64.b64encode(row.tobytes()).decode("ascii") for row in vecs]
     else:
-        embs = [[float(x) for x in row] for row in vecs.tolist()]
+        row_format = _float_row_format(vecs.shape[1])  # the online endpoint's 9 digits
+        embs = [json.loads(row_format % tuple(row)) for row in vecs.tolist()]
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(embs)],

@@ -132,3 +132,21 @@ def test_run_batch_writes_the_online_results_in_order(sim, tmp_path) -> None:  #
     assert sim.batches.stats.batches_created == 3  # only the refused line is submitted again
     assert sim.batches.stats.submitted["wrong model kind"] == 2
     assert _results(batch_out)[:12] == batch[:12]
+
+
+def test_run_batch_leaves_an_embed_calls_batches_alone(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Batches of df.llm.embed (keys per input) and of dfbatch run (keys per line) share the
+    cache's record; neither picks up the other's, so neither pays twice."""
+    sim.batches.batch_seconds = 0.5
+    job = pd.DataFrame({"text": ["line 0", "other"]}).llm.embed(
+        "text", base_url=sim.base_url, backend="batch", wait=False, progress=False
+    )
+    src = _requests_file(tmp_path / "req.jsonl", n=3)
+    args = ["run", str(src), "-o", str(tmp_path / "out.jsonl"), "--batch", "--no-progress"]
+    args += ["--url", sim.base_url + "/embeddings", "--poll-interval", "0.02"]
+    assert main([*args, "--log-level", "40"]) == 1
+    out = job.result()
+    assert out.embedding.notna().all()
+    assert sim.batches.stats.batches_created == 3  # the embed call's, and run's two models
+    assert sim.batches.stats.answered["line 0"] == 2  # once per kind of call, each used
+    assert max(sim.batches.stats.answered.values()) == 2

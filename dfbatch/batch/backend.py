@@ -169,7 +169,11 @@ class BatchRun:
 
     async def _reconcile(self, client: BatchApi) -> None:
         for job in self.record.jobs(
-            server=self.server, endpoint=self.endpoint, model=self.model, open_only=True
+            server=self.server,
+            endpoint=self.endpoint,
+            model=self.model,
+            scope=self.lines.scope,
+            open_only=True,
         ):
             if job.state == "writing":  # killed before its file reached the server
                 self.record.drop(job.id)
@@ -224,7 +228,9 @@ class BatchRun:
         first = pending.pop() if pending else next(stream, None)
         if first is None:
             return None, Path(), 0
-        job = self.record.begin(server=self.server, endpoint=self.endpoint, model=self.model)
+        job = self.record.begin(
+            server=self.server, endpoint=self.endpoint, model=self.model, scope=self.lines.scope
+        )
         fd, name = tempfile.mkstemp(prefix=f"dfbatch-{job}-", suffix=".jsonl")
         path = Path(name)
         embeddings = self.endpoint.rstrip("/").endswith("embeddings")

@@ -33,7 +33,10 @@ class LineError(ErrorInfo):
 
 
 class BatchLines(Protocol):
-    """What the Batch backend needs to know about a job's requests."""
+    """What the Batch backend needs to know about a job's requests. ``scope`` names the kind
+    of keys (``"requests"``, ``"inputs"``): a job picks up earlier batches of its scope only."""
+
+    scope: str
 
     def keys(self, request: Request) -> list[bytes]:
         """The 32-byte cache keys ``request`` answers, in the order of its inputs."""

@@ -15,7 +15,9 @@ Two tables beside the cache's own (which ignores them): ``batch_jobs`` (one row 
 file and batch: ids, endpoint, model, server, state, the API's status and counts) and
 ``batch_lines`` (per line of the input file, the 32-byte cache keys it answers, concatenated).
 A line's ``custom_id`` is ``dfb-<job>-<line>``. The server is kept as a hash of the base URL
-(never the key), so a record is reconciled only against the server that holds the batch.
+(never the key), so a record is reconciled only against the server that holds the batch; the
+``scope`` says what kind of keys the lines hold (``requests``: one request key a line;
+``inputs``: one embedding key per input), so a job only picks up lines whose keys it reads.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ _SCHEMA = (
         server TEXT NOT NULL,
         endpoint TEXT NOT NULL,
         model TEXT,
+        scope TEXT NOT NULL DEFAULT '',
         state TEXT NOT NULL,
         lines INTEGER NOT NULL DEFAULT 0,
         file_id TEXT,
@@ -98,6 +101,7 @@ class JobRow:
     server: str
     endpoint: str
     model: str | None
+    scope: str
     state: str
     lines: int
     file_id: str | None
@@ -110,15 +114,15 @@ class JobRow:
     def from_row(cls, row: tuple[Any, ...]) -> JobRow:
         values = list(row)
         try:
-            values[11] = json.loads(values[11]) if values[11] else None
+            values[12] = json.loads(values[12]) if values[12] else None
         except ValueError:
-            values[11] = None
+            values[12] = None
         return cls(*values)
 
 
 _COLUMNS = (
-    "id, created, updated, server, endpoint, model, state, lines, file_id, batch_id, status, "
-    "counts, detail"
+    "id, created, updated, server, endpoint, model, scope, state, lines, file_id, batch_id, "
+    "status, counts, detail"
 )
 
 
@@ -144,13 +148,13 @@ class BatchRecord:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def begin(self, *, server: str, endpoint: str, model: str | None) -> int:
+    def begin(self, *, server: str, endpoint: str, model: str | None, scope: str = "") -> int:
         """A new job in state ``writing``; its id."""
         now = time.time()
         cur = self._conn.execute(
-            "INSERT INTO batch_jobs (created, updated, server, endpoint, model, state) "
-            "VALUES (?, ?, ?, ?, ?, 'writing')",
-            (now, now, server, endpoint, model),
+            "INSERT INTO batch_jobs (created, updated, server, endpoint, model, scope, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'writing')",
+            (now, now, server, endpoint, model, scope),
         )
         return int(cur.lastrowid or 0)
 
@@ -211,10 +215,12 @@ class BatchRecord:
         server: str | None = None,
         endpoint: str | None = None,
         model: str | None = None,
+        scope: str | None = None,
         open_only: bool = False,
     ) -> list[JobRow]:
         where, args = [], []
-        for column, value in (("server", server), ("endpoint", endpoint), ("model", model)):
+        pairs = (("server", server), ("endpoint", endpoint), ("model", model), ("scope", scope))
+        for column, value in pairs:
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)

@@ -31,7 +31,8 @@ def list_batches(path: Path | None, *, as_json: bool = False, open_only: bool = 
         record.close()
     if as_json:
         return json.dumps(
-            [{k: v for k, v in j.__dict__.items() if k != "server"} for j in jobs], indent=1
+            [{k: v for k, v in j.__dict__.items() if k not in ("server", "scope")} for j in jobs],
+            indent=1,
         )
     if not jobs:
         return f"no Batch API jobs in {path}"

@@ -23,6 +23,8 @@ class KeyedLines:
     for a key that is not this job's (another call's batch, picked up on the way) goes to the
     cache, so that call finds it there and never submits it again."""
 
+    scope = "requests"
+
     def __init__(
         self, find: Callable[[str], Request | None], *, cache: Any = None, model: str | None = None
     ) -> None:
@@ -51,6 +53,8 @@ class KeyedLines:
 
 class EmbedLines:
     """The packed requests of an :class:`EmbedJob` whose unique texts have ``keys``."""
+
+    scope = "inputs"
 
     def __init__(
         self,

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -150,3 +155,29 @@ def test_run_batch_leaves_an_embed_calls_batches_alone(sim, tmp_path) -> None:  
     assert sim.batches.stats.batches_created == 3  # the embed call's, and run's two models
     assert sim.batches.stats.answered["line 0"] == 2  # once per kind of call, each used
     assert max(sim.batches.stats.answered.values()) == 2
+
+
+def test_run_batch_killed_while_polling_resumes_without_resubmitting(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 of `dfbatch run --batch` while it waits: the rerun waits for the same batches."""
+    sim.batches.batch_seconds = 30
+    src = _requests_file(tmp_path / "req.jsonl", n=6)
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(src), "-o", str(out), "--batch", "--no-progress", "--log-level", "40"]
+    args += ["--url", sim.base_url + "/embeddings", "--poll-interval", "0.02"]
+    env = {**os.environ, "DFBATCH_CACHE_DIR": os.environ["DFBATCH_CACHE_DIR"]}
+    proc = subprocess.Popen([sys.executable, "-m", "dfbatch.cli.main", *args], env=env)
+    deadline = time.monotonic() + 60
+    while sim.batches.stats.retrieves < 4:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    assert sim.batches.stats.batches_created == 2  # both models' before any wait
+    for b in sim.batches.batches.values():  # let the batches end now
+        b.started -= 30
+    sim.batches.batch_seconds = 0.2
+    assert main(args) == 1  # the one line of the wrong model kind fails
+    assert sim.batches.stats.batches_created == 2
+    assert max(sim.batches.stats.submitted.values()) == 1
+    assert len(out.read_text().splitlines()) == 8

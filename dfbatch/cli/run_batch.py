@@ -15,11 +15,12 @@ the batches already submitted (see :mod:`dfbatch.cache.batch_record`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from typing import Any
 
-from ..batch.backend import BatchRun
+from ..batch.backend import BatchRun, BatchSubmitted
 from ..cache.batch_record import BatchRecord
 from ..engine import constants as C
 from ..engine.config import ApiConfig
@@ -83,6 +84,18 @@ async def run_batches(
     errors: dict[str, ErrorInfo] = {}
     record = BatchRecord(cache.path)
     try:
+        # Every model's batches are submitted before any is waited for: they run side by side.
+        for model in models:
+            run = BatchRun(
+                api,
+                record,
+                endpoint=endpoint,
+                model=model,
+                lines=_Collect(cache, model),
+                on_outcome=lambda outcome: None,
+            )
+            with contextlib.suppress(BatchSubmitted):
+                await run.run(_requests(job, plan, n_lines, cache, model), wait=False)
         for model in models:
             lines = _Collect(cache, model)
             progress = Progress(None, enabled=job.progress, desc=f"dfbatch run {model} (batch)")

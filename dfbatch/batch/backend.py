@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -270,8 +271,8 @@ class BatchRun:
     async def _upload_and_create(self, client: BatchApi, job: int, path: Path, n: int) -> None:
         uploaded = await client.upload(path, f"dfbatch-{job}.jsonl")
         file_id = uploaded.get("id")
-        if not isinstance(file_id, str) or not file_id or len(file_id) > 200:
-            raise BatchApiError("upload: the server's answer has no file id")
+        if not valid_id(file_id):
+            raise BatchApiError("upload: the server's answer has no usable file id")
         self.record.uploaded(job, file_id)
         self.counts.files_uploaded += 1
         self.counts.lines_submitted += n
@@ -290,8 +291,8 @@ class BatchRun:
                 if batch is None:
                     raise
         batch_id = batch.get("id")
-        if not isinstance(batch_id, str) or not batch_id or len(batch_id) > 200:
-            raise BatchApiError(f"create a batch from {file_id}: the answer has no batch id")
+        if not valid_id(batch_id):
+            raise BatchApiError(f"create a batch from {file_id}: the answer has no usable id")
         status = batch.get("status")
         self.record.created(job, batch_id, status if isinstance(status, str) else None)
         row = self.record.job(job)
@@ -385,8 +386,10 @@ class BatchRun:
         seen: set[int] = set()
         for name in ("output_file_id", "error_file_id"):
             file_id = batch.get(name)
-            if not isinstance(file_id, str) or not file_id:
+            if file_id is None:
                 continue
+            if not valid_id(file_id):
+                raise BatchApiError(f"batch {job.batch_id}: its {name} is not a file id")
             fd, tmp = tempfile.mkstemp(prefix="dfbatch-out-", suffix=".jsonl")
             os.close(fd)
             path = Path(tmp)
@@ -454,6 +457,18 @@ class BatchRun:
         )
         log.warning("%s", text)
         print(text, file=sys.stderr)
+
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+def valid_id(value: Any) -> bool:
+    """A file or batch id the server may give: it goes into URL paths, so nothing else.
+
+    >>> valid_id("file-abc_1"), valid_id("../../v1/models"), valid_id(None)
+    (True, False, False)
+    """
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
 def _counts(value: Any) -> dict[str, int]:

@@ -579,3 +579,17 @@ def test_a_create_whose_answer_is_lost_is_adopted_not_repeated(sim, opts, monkey
     assert sim.batches.stats.batches_created == 1 and sim.batches.stats.lists >= 1
     assert out.attrs["dfbatch"]["batches_created"] == 0  # adopted, not created by this call
     no_row_twice(sim)
+
+
+def test_a_refused_key_stops_the_batch_run_at_once(opts, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """401 on the upload: AuthenticationError, the key nowhere in the message, nothing created."""
+    with Simulator(api_key="sk-right", batch_seconds=0.2) as s:
+        o = {**opts, "base_url": s.base_url, "api_key": "sk-wrong-key-123"}
+        with pytest.raises(dfbatch.AuthenticationError) as info:
+            pd.DataFrame({"text": ["a"]}).llm.embed("text", **batch(o))
+        assert "sk-wrong-key-123" not in str(info.value)
+        assert s.batches.stats.files_created == 0 and s.batches.stats.batches_created == 0
+        record = BatchRecord(opts["cache"])
+        (job,) = record.jobs()
+        assert job.state == "writing"  # dropped by the next run: nothing reached the server
+        record.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from .batch.backend import BatchFailedError
 from .engine.config import ApiConfig
 from .engine.core import Engine
 from .engine.errors import (
@@ -27,6 +28,7 @@ from .engine.errors import (
 )
 from .engine.types import ErrorInfo, Outcome, Request, RunStats
 from .frames.hook import register_accessor_with_pandas
+from .jobs.batch_job import BatchJob
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 register_accessor_with_pandas()
@@ -36,6 +38,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ApiConfig",
     "AuthenticationError",
+    "BatchFailedError",
+    "BatchJob",
     "ConfigurationError",
     "DfbatchError",
     "Engine",

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import dfbatch
-from dfbatch.batch.backend import BatchFailedError
+from dfbatch import BatchFailedError
 from dfbatch.cache.batch_record import BatchRecord
 from dfbatch.engine import constants as C
 from dfbatch.testing import Simulator, expected_embedding
@@ -314,7 +314,7 @@ def test_wait_false_returns_a_handle(sim, opts) -> None:  # type: ignore[no-unty
     sim.batches.batch_seconds = 0.6
     df = frame(12)
     job = df.llm.embed("text", **batch(opts, wait=False))
-    assert isinstance(job, dfbatch.jobs.batch_job.BatchJob)
+    assert isinstance(job, dfbatch.BatchJob)
     assert job.status() == "in_progress" and not job.done()
     assert job.progress()["total"] == 1
     assert "sk-test" not in repr(job)

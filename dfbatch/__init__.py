@@ -3,7 +3,8 @@
 The public API is what ``__all__`` lists here, the ``.llm`` accessors, ``dfbatch.testing`` and
 the ``dfbatch`` command. The subpackages are the rooms of the house, in the order the data goes:
 ``frames`` and ``cli`` (front ends) -> ``jobs`` (rows to requests, outcomes to values) ->
-``cache`` (answers paid for) -> ``engine`` (limiter, retry policy, transport).
+``batch`` (the Batch API backend) -> ``cache`` (answers paid for) -> ``engine`` (limiter,
+retry policy, transport).
 
 >>> import dfbatch                                            # doctest: +SKIP
 >>> df.llm.embed("text")                                      # doctest: +SKIP
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .batch.backend import BatchFailedError
 from .engine.config import ApiConfig
 from .engine.core import Engine
 from .engine.errors import (
@@ -27,6 +29,7 @@ from .engine.errors import (
 )
 from .engine.types import ErrorInfo, Outcome, Request, RunStats
 from .frames.hook import register_accessor_with_pandas
+from .jobs.batch_job import BatchJob
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 register_accessor_with_pandas()
@@ -52,6 +55,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ApiConfig",
     "AuthenticationError",
+    "BatchFailedError",
+    "BatchJob",
     "ConfigurationError",
     "DfbatchError",
     "Engine",

@@ -7,7 +7,14 @@ import inspect
 
 import pytest
 
-ROOMS = ["dfbatch.engine", "dfbatch.cache", "dfbatch.jobs", "dfbatch.frames", "dfbatch.cli"]
+ROOMS = [
+    "dfbatch.engine",
+    "dfbatch.cache",
+    "dfbatch.batch",
+    "dfbatch.jobs",
+    "dfbatch.frames",
+    "dfbatch.cli",
+]
 
 
 @pytest.mark.parametrize("room", ROOMS)

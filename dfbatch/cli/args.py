@@ -265,6 +265,20 @@ def run_parser(sub: Any) -> None:
         default=None,
         help="write the run report: FILE.png (a plot; needs dfbatch[plot]) or FILE.html",
     )
+    batch = p.add_argument_group("Batch API (half the price, answers within 24 h)")
+    batch.add_argument(
+        "--batch",
+        action="store_true",
+        help="send the lines through the Batch API, then write the results in input order; "
+        "rerun the same command to pick the batches up after an interruption",
+    )
+    batch.add_argument(
+        "--poll-interval",
+        type=positive(float),
+        metavar="SECONDS",
+        default=None,
+        help=f"first wait between status checks (default: {C.BATCH_POLL_INTERVAL:g})",
+    )
     common_options(p, cookbook=True)
 
 

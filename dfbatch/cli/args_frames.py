@@ -39,6 +39,24 @@ def _frame_parser(sub: Any, name: str, **kw: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _batch_options(p: argparse.ArgumentParser) -> None:
+    batch = p.add_argument_group("Batch API (half the price, answers within 24 h)")
+    batch.add_argument(
+        "--batch",
+        action="store_true",
+        help="send the rows through the Batch API (every chunk submitted first, then waited "
+        "for together); rerun the same command to pick the batches up after an interruption",
+    )
+    batch.add_argument(
+        "--poll-interval",
+        type=positive(float),
+        metavar="SECONDS",
+        default=None,
+        help=f"first wait between status checks (default: {C.BATCH_POLL_INTERVAL:g}; 1.5x "
+        "longer after each, up to 5 minutes)",
+    )
+
+
 def embed_parser(sub: Any) -> None:
     status = EXIT_STATUS.format(unit="row", where="the embedding_error column")
     p = _frame_parser(
@@ -73,7 +91,28 @@ def embed_parser(sub: Any) -> None:
         action="store_true",
         help="cut texts over the model's token limit instead of failing them",
     )
+    _batch_options(p)
     common_options(p, cookbook=False)
+
+
+def batches_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "batches",
+        formatter_class=formatter,
+        help="list the Batch API jobs submitted from this cache, and their state",
+        description="The Batch API jobs recorded in the response cache (as last seen; no\n"
+        "server is called). Rerun the call that made a job to wait for it and download it.",
+        epilog="examples:\n  dfbatch batches\n  dfbatch batches --open --json\n",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--open", action="store_true", help="only jobs not yet downloaded")
+    p.add_argument(
+        "--cache",
+        metavar="PATH",
+        default=None,
+        help="cache file (default: $DFBATCH_CACHE_DIR/cache.sqlite or the user cache dir)",
+    )
+    p.add_argument("--log-level", type=int, default=30, metavar="LEVEL", help=argparse.SUPPRESS)
 
 
 def complete_parser(sub: Any) -> None:
@@ -125,4 +164,5 @@ def complete_parser(sub: Any) -> None:
         action="store_true",
         help="one column per property of --json-schema instead of the JSON text",
     )
+    _batch_options(p)
     common_options(p, cookbook=False)

@@ -86,6 +86,8 @@ def _do_run(args: argparse.Namespace) -> int:
         budget=args.budget,
         price=args.price,
         report=_report_path(args.report),
+        batch=args.batch,
+        poll_interval=args.poll_interval,
     )
     if args.dry_run:
         from .estimate import estimate_run
@@ -149,6 +151,9 @@ def _frame_job(args: argparse.Namespace) -> Any:
         "budget": args.budget,
         "price": args.price,
     }
+    if args.batch:
+        run_options["backend"] = "batch"
+        run_options["poll_interval"] = args.poll_interval
     expand_fields = None
     if args.command == "embed":
         options: dict[str, Any] = {
@@ -244,4 +249,16 @@ def _do_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _do_run, "embed": _do_frames, "complete": _do_frames, "cache": _do_cache}
+def _do_batches(args: argparse.Namespace) -> int:
+    from .batches_cmd import do_batches
+
+    return do_batches(args)
+
+
+COMMANDS = {
+    "run": _do_run,
+    "embed": _do_frames,
+    "complete": _do_frames,
+    "cache": _do_cache,
+    "batches": _do_batches,
+}

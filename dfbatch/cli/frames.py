@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,8 @@ async def run_frames(job: FrameJob) -> FrameResult:
         _check_writable(partial)
         cache = _open_cache(job.cache)
         chunks = (source.total + job.chunk_rows - 1) // job.chunk_rows if source.total else None
+        if job.run_options.get("backend") == "batch":
+            await _submit_batches(job, source, cache)
         for number, chunk in enumerate(source.chunks(), 1):
             if number == 1:
                 _check_columns(job, chunk.frame)
@@ -261,6 +263,17 @@ async def run_frames(job: FrameJob) -> FrameResult:
         "rerun with --overwrite and a higher --budget to send only them",
     )
     return FrameResult(rows, failed, 1 if failed else 0, summary + f"\nwrote {job.output}")
+
+
+async def _submit_batches(job: FrameJob, source: Source, cache: Any) -> None:
+    """--batch: submit every chunk's batches first (``wait=False``), so that they run side by
+    side. The pass that writes the output then waits for them: its first chunk picks up every
+    open batch of the job, and the answers of later chunks land in the cache on the way."""
+    submit = replace(job, run_options={**job.run_options, "wait": False})
+    for number, chunk in enumerate(source.chunks(), 1):
+        if number == 1:
+            _check_columns(job, chunk.frame)
+        await _answer(submit, chunk.frame, cache)
 
 
 def _open_cache(cache: Any) -> Any:

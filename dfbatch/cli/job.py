@@ -29,3 +29,5 @@ class RunJob:
     budget: float | None = None
     price: dict[str, float] | None = None
     report: Path | None = None
+    batch: bool = False  # --batch: through the Batch API (cli.run_batch)
+    poll_interval: float | None = None

@@ -1,9 +1,10 @@
-"""The ``dfbatch`` command line: ``run``, ``embed``, ``complete`` and ``cache``.
+"""The ``dfbatch`` command line: ``run``, ``embed``, ``complete``, ``cache`` and ``batches``.
 
     dfbatch run IN [-o OUT] [--url URL] [--rpm N] [--tpm N] ...    (see cli.run)
     dfbatch embed IN OUT --column C [--model M] ...                 (see cli.frames)
     dfbatch complete IN OUT --prompt "... {col} ..." ...            (see cli.frames)
     dfbatch cache info | clear [--model M] [--older-than 7d]        (see cli.cache_cmd)
+    dfbatch batches [--open] [--json]                               (see cli.batches_cmd)
 
 This module only parses arguments, configures logging (the library never does) and maps
 what happened to an exit status: 0 all succeeded, 1 some lines or rows failed, 2 bad

@@ -11,7 +11,7 @@ import argparse
 
 from .. import __version__
 from .args import cache_parser, formatter, run_parser
-from .args_frames import complete_parser, embed_parser
+from .args_frames import batches_parser, complete_parser, embed_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,4 +30,5 @@ def build_parser() -> argparse.ArgumentParser:
     embed_parser(sub)
     complete_parser(sub)
     cache_parser(sub)
+    batches_parser(sub)
     return p

@@ -50,8 +50,17 @@ class RunResult:
 class _Run:
     """One run's moving parts: lines in, requests out, results and answers stored."""
 
-    def __init__(self, job: RunJob, plan: Plan, n_lines: int, cache: Any) -> None:
+    def __init__(
+        self,
+        job: RunJob,
+        plan: Plan,
+        n_lines: int,
+        cache: Any,
+        batch_errors: dict[str, ErrorInfo] | None = None,
+    ) -> None:
         self.job, self.plan, self.n_lines, self.cache = job, plan, n_lines, cache
+        #: --batch: the Batch API's errors by key; a line neither cached nor here is not sent
+        self.batch_errors = batch_errors
         self.failed = plan.failed
         self.cached = 0
         self.logged = 0
@@ -85,6 +94,9 @@ class _Run:
                 self.finish(sink, line, error=line.error)
             elif line.cached is not None:
                 self.finish(sink, line, response=line.cached, cached=True)
+            elif self.batch_errors is not None:
+                error = self.batch_errors.get(line.key or "")
+                self.finish(sink, line, error=error or _batch_not_answered())
             else:
                 tokens = estimate_request_tokens(self.job.url, line.body, self.job.encoding)
                 self._next = Request(line.index + 1, self.job.url, line.body, tokens, line)
@@ -230,6 +242,12 @@ def _looked_up(cache: Any, block: list[Line]) -> list[Line]:
     return block
 
 
+def _batch_not_answered() -> ErrorInfo:
+    from .run_batch import NOT_ANSWERED
+
+    return NOT_ANSWERED
+
+
 def _store(cache: Any, line: Line, response: Any, text: str) -> None:
     """Put an answer in the cache as it arrives (encoded once when the cache takes raw JSON)."""
     model = line.body.get("model") if line.body else None
@@ -283,8 +301,15 @@ async def run_job(job: RunJob) -> RunResult:
         return RunResult(n_lines, plan.failed, 1 if plan.failed else 0, text)
     cache = _open_cache(job)  # first: a cache it cannot use leaves the output untouched
     try:
+        batch_errors = None
+        if job.batch:
+            from .run_batch import run_batches
+
+            batch_errors = await run_batches(
+                job, plan, n_lines, cache, poll_interval=job.poll_interval
+            )
         with open_output(job) as fh:
-            run = _Run(job, plan, n_lines, cache)
+            run = _Run(job, plan, n_lines, cache, batch_errors)
             figures = await run.go(fh)
     finally:
         if cache is not None:

@@ -156,3 +156,29 @@ DOCUMENTED_TIER1_LIMITS: dict[str, tuple[float, float]] = {
     "gpt-4o-mini": (500.0, 200_000.0),
     "text-embedding-3": (3_000.0, 1_000_000.0),
 }
+#: Batch API (``backend="batch"``): the API's limits on one input file and one batch ...
+BATCH_MAX_LINES = 50_000
+BATCH_MAX_FILE_BYTES = 200 * 2**20
+BATCH_MAX_EMBEDDING_INPUTS = 50_000
+#: ... the only completion window the API offers ...
+BATCH_COMPLETION_WINDOW = "24h"
+#: ... seconds before the second status poll (``poll_interval=``), the factor each poll
+#: multiplies it by (back to the start when a batch ends), and its ceiling: a day-long batch
+#: costs ~300 polls; a test against a fast simulator passes a small ``poll_interval``.
+BATCH_POLL_INTERVAL = 10.0
+BATCH_POLL_BACKOFF = 1.5
+BATCH_POLL_MAX = 300.0
+#: Attempts of one files/batches call (5xx, 429, dropped connections), and its timeout (s):
+#: an upload of 200 MB needs minutes.
+BATCH_HTTP_ATTEMPTS = 5
+BATCH_HTTP_TIMEOUT = 600.0
+#: Bounds on what the server sends back: a status answer, one output line (2,048 inputs x
+#: 3,072 dims in base64 is 34 MB), an output file.
+BATCH_MAX_STATUS_BYTES = 4 * 2**20
+BATCH_MAX_LINE_BYTES = 64 * 2**20
+BATCH_MAX_OUTPUT_BYTES = 8 * 2**30
+#: A batch refused for the enqueued-token limit while none of the job's own batches is
+#: queued cannot pass by waiting for them: after this many refusals the run stops.
+BATCH_LONE_REFUSALS = 3
+#: Pages of ``GET /batches`` read to find a batch created just before a kill -9.
+BATCH_LIST_PAGES = 20

@@ -23,6 +23,8 @@ from ..engine.prices import PER_TOKENS, price_for, usage_cost
 from ..engine.tokens import estimate_request_tokens
 from ..engine.types import Outcome, Request
 from ..jobs import chat as _chat
+from ..jobs.batch_lines import EmbedLines, KeyedLines
+from ..jobs.embed import ENDPOINT as ENDPOINT_EMBED
 from ..jobs.embed import EmbedJob, failed_on_format, unicode_problem
 from ..jobs.progress import format_summary
 from ..jobs.run import RunOptions, execute, report
@@ -147,7 +149,10 @@ async def embed_values(
             rows_failed=len(job.errors),
             rows_cached=job.cached,
             desc=f"embed {model}",
+            lines=EmbedLines(job, keys, "base64", cache=cache),
+            endpoint=ENDPOINT_EMBED,
             model=model,
+            cache=cache,
         )
         if as_floats:  # the server does not do base64: ask again for floats
             log.info("the server refused base64 embeddings; asking for floats")
@@ -427,6 +432,13 @@ async def complete_frame(
             for key, (body, positions) in bodies.items()
         )
 
+        def find_request(key: str) -> Request | None:  # a batch's line, back on its rows
+            found = bodies.get(key)
+            if found is None:
+                return None
+            body, positions = found
+            return Request(key, _chat.ENDPOINT, body, 0, meta=positions)
+
         def on_outcome(outcome: Outcome) -> tuple[int, int]:
             positions: list[int] = outcome.request.meta
             if outcome.error is not None:
@@ -449,7 +461,10 @@ async def complete_frame(
             rows_failed=sum(e is not None for e in errs),
             rows_cached=cached_rows,
             desc=f"complete {model}",
+            lines=KeyedLines(find_request, cache=cache, model=model),
+            endpoint=_chat.ENDPOINT,
             model=model,
+            cache=cache,
         )
     finally:
         if cache is not None:

@@ -23,6 +23,11 @@ class RunKwargs(TypedDict, total=False):
       only those.
     - ``price``: USD per 1M tokens, overriding dfbatch's price table: a number, or
       ``{"input": ..., "output": ...}`` (``price=0`` for a local server).
+    - ``backend``: ``"online"`` (default) or ``"batch"``: the Batch API, half the price,
+      answers within 24 h, resumable across restarts (the record is in the cache).
+    - ``poll_interval``: with ``backend="batch"``, seconds between the first status checks
+      (default 10; 1.5x longer after each, up to 5 minutes).
+    - ``wait``: with ``backend="batch"``, False returns a job handle at once.
     """
 
     base_url: str | None
@@ -38,3 +43,6 @@ class RunKwargs(TypedDict, total=False):
     transport: Any
     budget: float | None
     price: float | dict[str, float] | None
+    backend: str
+    poll_interval: float | None
+    wait: bool

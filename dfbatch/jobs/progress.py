@@ -71,6 +71,11 @@ class Progress:
             postfix["spent"] = spent
         self._bar.set_postfix(postfix, refresh=False)
 
+    def show_batches(self, counts: dict[str, int]) -> None:
+        """The Batch API's ``request_counts`` over the run's batches, beside the bar."""
+        if not self._bar.disable:
+            self._bar.set_postfix(counts, refresh=True)
+
     def close(self) -> None:
         self._bar.close()
 
@@ -97,6 +102,12 @@ def format_summary(figures: dict[str, Any], *, rows: int, failed: int, cached: i
     if figures.get("effective_rpm"):
         text += f" ({figures['effective_rpm']:,.0f} requests/min)"
     text += cost_text(figures)
+    if figures.get("backend") == "batch":
+        ids = figures.get("batch_ids") or []
+        text += f"\n  Batch API: {len(ids):,} batch(es)" + (
+            f": {', '.join(ids[:5])}" if ids else ""
+        )
+        text += " ..." if len(ids) > 5 else ""
     causes = figures.get("failures_by_cause") or {}
     if causes:
         text += "\n  failed rows by cause: " + ", ".join(

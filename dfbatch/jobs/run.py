@@ -43,6 +43,10 @@ class RunOptions:
     transport: Transport | None = None
     budget: float | None = None
     price: Any = None
+    #: "online" (the engine) or "batch" (the Batch API: half the price, within 24 h).
+    backend: str = "online"
+    poll_interval: float | None = None
+    wait: bool = True
 
     @classmethod
     def build(
@@ -61,6 +65,9 @@ class RunOptions:
         transport: Transport | None = None,
         budget: float | None = None,
         price: Any = None,
+        backend: str = "online",
+        poll_interval: float | None = None,
+        wait: bool = True,
     ) -> RunOptions:
         """Check every option before anything is opened or sent (ConfigurationError)."""
         rpm = check_number("rpm", rpm, optional=True)
@@ -72,8 +79,12 @@ class RunOptions:
         api = ApiConfig.resolve(base_url=base_url, api_key=api_key, api_version=api_version)
         if price is not None:
             parse_price(price)  # a malformed price= fails here, before anything else
-        if budget is not None and not (isinstance(budget, int | float) and budget >= 0):
-            raise ConfigurationError(f"budget must be a number of USD, 0 or more, got {budget!r}")
+        budget = check_number("budget", budget, above=None, at_least=0, optional=True)
+        if backend not in ("online", "batch"):
+            raise ConfigurationError(f"backend must be 'online' or 'batch', got {backend!r}")
+        if not wait and backend != "batch":
+            raise ConfigurationError("wait=False needs backend='batch'")
+        poll_interval = check_number("poll_interval", poll_interval, optional=True)
         return cls(
             api,
             rpm,
@@ -86,6 +97,9 @@ class RunOptions:
             transport,
             budget,
             price,
+            backend,
+            poll_interval,
+            wait,
         )
 
     def __repr__(self) -> str:
@@ -145,15 +159,38 @@ async def execute(
     rows_failed: int = 0,
     rows_cached: int = 0,
     desc: str = "dfbatch",
+    lines: Any = None,
+    endpoint: str | None = None,
     model: str | None = None,
+    cache: Any = None,
 ) -> dict[str, Any]:
     """Send ``requests``; ``on_outcome`` returns (rows finished, rows failed) for each outcome.
 
-    Returns the run's figures (for ``DataFrame.attrs`` and the summary), with the run's
-    ``timeline`` (plain values, a few KB) for its report.
+    Returns the run's figures (for ``DataFrame.attrs`` and the summary, with the run's
+    ``timeline`` for its report). With
+    ``backend="batch"`` the requests go through the Batch API instead
+    (:mod:`dfbatch.jobs.batch_run`): ``lines`` ties them to cache keys, ``endpoint`` and
+    ``model`` name the batches, ``cache`` (the front end's open cache) holds their record.
     """
     if model is not None:
         options.check_price(model)
+    if options.backend == "batch":
+        from .batch_run import execute_batch
+
+        return await execute_batch(
+            requests,
+            on_outcome,
+            options=options,
+            lines=lines,
+            endpoint=endpoint,
+            model=model,
+            cache=cache,
+            total_rows=total_rows,
+            rows_done=rows_done,
+            rows_failed=rows_failed,
+            rows_cached=rows_cached,
+            desc=desc,
+        )
     engine = options.engine()
     progress = Progress(total_rows, enabled=options.progress, desc=desc)
     progress.advance(rows_done, failed=rows_failed, cached=rows_cached)

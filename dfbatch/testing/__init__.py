@@ -22,12 +22,15 @@ from ._answers import (
     expected_embedding,
     expected_embeddings,
 )
+from ._batches import BatchFaults, BatchStats
 from ._ratelimit import RateLimiter, TokenBucket, go_duration
 from ._simulator import KNOWN_MODELS, Faults, Simulator
 from ._stats import SimStats
 
 __all__ = [
     "KNOWN_MODELS",
+    "BatchFaults",
+    "BatchStats",
     "Faults",
     "RateLimiter",
     "SimStats",

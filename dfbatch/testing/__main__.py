@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="words",
         help="how usage is billed: word counts (default) or tiktoken, as OpenAI does",
     )
+    p.add_argument(
+        "--batch-seconds", type=float, default=2.0, help="how long a Batch API batch takes"
+    )
     p.add_argument("--stats-file", default=None, help="write the counters here (else stdout)")
     return p
 
@@ -109,6 +112,7 @@ async def serve(args: argparse.Namespace) -> None:
         models=args.model,
         usage=args.usage,
         port=args.port,
+        batch_seconds=args.batch_seconds,
     )
     loop = asyncio.get_running_loop()
     done = asyncio.Event()

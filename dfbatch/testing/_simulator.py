@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ._batches import BatchStore
 from ._handlers import Handlers
 from ._ratelimit import RateLimiter
 from ._stats import SimStats
@@ -134,6 +135,8 @@ class Simulator:
         port: TCP port on 127.0.0.1 (0: a free one, see ``sim.port`` once started).
         clock: the monotonic clock of the rate limiter and the stats timestamps.
         organization: the organization named in 429 messages.
+        batch_seconds: how long a batch of the Batch API takes, creation to completion
+            (see :mod:`dfbatch.testing._batches`; faults in ``sim.batches.faults``).
 
     Use ``with Simulator() as sim:`` (a background thread with its own event loop), or
     ``sim.start()`` / ``sim.stop()``, or ``async with Simulator() as sim:`` (the caller's loop).
@@ -161,6 +164,7 @@ class Simulator:
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
         organization: str = "org-sim",
+        batch_seconds: float = 2.0,
     ) -> None:
         self.latency: Latency = _check_latency(latency)
         self.faults = faults or Faults()
@@ -184,6 +188,15 @@ class Simulator:
         self.latency_rng = random.Random(seed + 1)
         self.shuffle_rng = random.Random(seed + 2)
         self._requested_port = port
+        #: The Batch API's files and batches (``sim.batches.faults``, ``sim.batches.stats``).
+        self.batches = BatchStore(
+            models=lambda: self.models,
+            api_key=lambda: self.api_key,
+            clock=clock,
+            batch_seconds=batch_seconds,
+            seed=seed,
+            organization=organization,
+        )
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
         self._handlers: Handlers | None = None
@@ -264,6 +277,7 @@ class Simulator:
             raise RuntimeError("the simulator is already running")
         app = web.Application(client_max_size=64 * 1024 * 1024)
         handlers = Handlers(self)
+        self.batches.install(app)  # before the handlers' catch-all route
         handlers.install(app)
         runner = web.AppRunner(
             app,

@@ -1,0 +1,183 @@
+"""``dfbatch embed/complete --batch`` and ``dfbatch batches`` on the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dfbatch.cli.main import main
+from dfbatch.testing import Simulator, expected_embedding
+
+pytestmark = pytest.mark.usefixtures("isolated_env")
+
+
+@pytest.fixture
+def sim():  # type: ignore[no-untyped-def]
+    with Simulator(batch_seconds=0.2) as s:
+        yield s
+
+
+def test_embed_batch_writes_the_online_table(sim, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """--batch gives the same parquet as the online command; the job is listed as done."""
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"text": [f"cli row {i}" for i in range(15)]}).to_csv(src, index=False)
+    common = ["embed", str(src), "--column", "text", "--base-url", sim.base_url, "--no-progress"]
+    assert main([*common, str(tmp_path / "b.parquet"), "--batch", "--poll-interval", "0.02"]) == 0
+    assert main([*common, str(tmp_path / "o.parquet"), "--no-cache"]) == 0
+    b = pd.read_parquet(tmp_path / "b.parquet")
+    o = pd.read_parquet(tmp_path / "o.parquet")
+    for x, y, text in zip(b.embedding, o.embedding, b.text, strict=True):
+        assert np.array_equal(x, y)
+        assert np.array_equal(np.asarray(x, np.float32), expected_embedding(text))
+    assert sim.batches.stats.batches_created == 1
+    capsys.readouterr()
+    assert main(["batches", "--json"]) == 0
+    (job,) = json.loads(capsys.readouterr().out)
+    assert job["state"] == "done" and job["status"] == "completed"
+    assert job["batch_id"] in sim.batches.batches
+    assert main(["batches"]) == 0
+    table = capsys.readouterr().out
+    assert "completed" in table and job["batch_id"] in table
+
+
+def test_batches_lists_a_job_still_running(sim, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A job left running (wait=False) shows as not yet downloaded, with how to pick it up."""
+    sim.batches.batch_seconds = 30
+    df = pd.DataFrame({"text": ["a", "b"]})
+    job = df.llm.complete(
+        "{text}", base_url=sim.base_url, backend="batch", wait=False, progress=False
+    )
+    assert main(["batches", "--open"]) == 0
+    out = capsys.readouterr().out
+    assert job.batch_ids[0] in out and "not yet downloaded" in out
+
+
+def test_complete_batch_flag(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """dfbatch complete --batch answers every row through the Batch API."""
+    src = tmp_path / "in.jsonl"
+    pd.DataFrame({"text": ["x", "y", "z"]}).to_json(src, orient="records", lines=True)
+    out = tmp_path / "out.parquet"
+    args = ["complete", str(src), str(out), "--prompt", "Say {text}", "--batch"]
+    assert main([*args, "--base-url", sim.base_url, "--poll-interval", "0.02"]) == 0
+    assert pd.read_parquet(out).completion.notna().all()
+    assert sim.batches.stats.batches_created == 1
+    assert sim.stats.by_endpoint["chat/completions"] == 0
+
+
+def test_every_chunk_is_submitted_before_any_is_waited_for(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--batch with several chunks: all their batches run side by side, one each."""
+    sim.batches.batch_seconds = 1.0
+    src = tmp_path / "in.csv"
+    texts = [f"chunked row {i}" for i in range(15)]
+    pd.DataFrame({"text": texts}).to_csv(src, index=False)
+    out = tmp_path / "out.parquet"
+    args = ["embed", str(src), str(out), "--column", "text", "--chunk-size", "5", "--batch"]
+    assert main([*args, "--base-url", sim.base_url, "--poll-interval", "0.02"]) == 0
+    batches = list(sim.batches.batches.values())
+    assert len(batches) == 3
+    started = [b.started for b in batches]
+    assert max(started) - min(started) < 1.0  # the last created before the first could end
+    got = pd.read_parquet(out)
+    for text, vector in zip(got.text, got.embedding, strict=True):
+        assert np.array_equal(np.asarray(vector, np.float32), expected_embedding(text))
+    assert sum(sim.batches.stats.submitted.values()) == 15
+
+
+def _requests_file(path, n: int = 12):  # type: ignore[no-untyped-def]
+    with path.open("w") as fh:
+        for i in range(n):
+            fh.write(
+                json.dumps(
+                    {"model": "text-embedding-3-small", "input": f"line {i}", "metadata": {"i": i}}
+                )
+                + "\n"
+            )
+        fh.write("not json\n")
+        fh.write(json.dumps({"model": "gpt-4o-mini", "input": "wrong model kind"}) + "\n")
+    return path
+
+
+def _results(path):  # type: ignore[no-untyped-def]
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_batch_writes_the_online_results_in_order(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """dfbatch run --batch: the results file of the online run, in input order, unusable
+    lines and refused lines as errors, nothing sent online; a rerun sends nothing."""
+    src = _requests_file(tmp_path / "req.jsonl")
+    url = sim.base_url + "/embeddings"
+    common = ["run", str(src), "--url", url, "--no-progress", "--log-level", "40"]
+    online_out, batch_out = tmp_path / "online.jsonl", tmp_path / "batch.jsonl"
+    assert main([*common, "-o", str(online_out), "--no-cache"]) == 1  # two lines fail
+    online_calls = sim.stats.by_endpoint["embeddings"]
+    args = [*common, "-o", str(batch_out), "--batch", "--poll-interval", "0.02"]
+    assert main(args) == 1
+    assert sim.stats.by_endpoint["embeddings"] == online_calls  # nothing sent online
+    online, batch = _results(online_out), _results(batch_out)
+    assert len(batch) == len(online) == 14
+    for a, b in zip(online, batch, strict=True):
+        assert a[0] == b[0]  # the request, in input order
+        answered = isinstance(a[1], dict) and "data" in a[1]
+        if answered:
+            assert a[1]["data"] == b[1]["data"]  # the same vectors
+        else:  # both errors
+            assert not (isinstance(b[1], dict) and "data" in b[1]), b
+    assert sim.batches.stats.batches_created == 2  # one per model
+    assert sum(sim.batches.stats.submitted.values()) == 13
+    batch_out.unlink()
+    assert main(args) == 1  # a rerun from scratch: answers from the cache
+    assert sim.batches.stats.batches_created == 3  # only the refused line is submitted again
+    assert sim.batches.stats.submitted["wrong model kind"] == 2
+    assert _results(batch_out)[:12] == batch[:12]
+
+
+def test_run_batch_leaves_an_embed_calls_batches_alone(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Batches of df.llm.embed (keys per input) and of dfbatch run (keys per line) share the
+    cache's record; neither picks up the other's, so neither pays twice."""
+    sim.batches.batch_seconds = 0.5
+    job = pd.DataFrame({"text": ["line 0", "other"]}).llm.embed(
+        "text", base_url=sim.base_url, backend="batch", wait=False, progress=False
+    )
+    src = _requests_file(tmp_path / "req.jsonl", n=3)
+    args = ["run", str(src), "-o", str(tmp_path / "out.jsonl"), "--batch", "--no-progress"]
+    args += ["--url", sim.base_url + "/embeddings", "--poll-interval", "0.02"]
+    assert main([*args, "--log-level", "40"]) == 1
+    out = job.result()
+    assert out.embedding.notna().all()
+    assert sim.batches.stats.batches_created == 3  # the embed call's, and run's two models
+    assert sim.batches.stats.answered["line 0"] == 2  # once per kind of call, each used
+    assert max(sim.batches.stats.answered.values()) == 2
+
+
+def test_run_batch_killed_while_polling_resumes_without_resubmitting(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 of `dfbatch run --batch` while it waits: the rerun waits for the same batches."""
+    sim.batches.batch_seconds = 30
+    src = _requests_file(tmp_path / "req.jsonl", n=6)
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(src), "-o", str(out), "--batch", "--no-progress", "--log-level", "40"]
+    args += ["--url", sim.base_url + "/embeddings", "--poll-interval", "0.02"]
+    env = {**os.environ, "DFBATCH_CACHE_DIR": os.environ["DFBATCH_CACHE_DIR"]}
+    proc = subprocess.Popen([sys.executable, "-m", "dfbatch.cli.main", *args], env=env)
+    deadline = time.monotonic() + 60
+    while sim.batches.stats.retrieves < 4:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    assert sim.batches.stats.batches_created == 2  # both models' before any wait
+    for b in sim.batches.batches.values():  # let the batches end now
+        b.started -= 30
+    sim.batches.batch_seconds = 0.2
+    assert main(args) == 1  # the one line of the wrong model kind fails
+    assert sim.batches.stats.batches_created == 2
+    assert max(sim.batches.stats.submitted.values()) == 1
+    assert len(out.read_text().splitlines()) == 8

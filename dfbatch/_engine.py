@@ -34,6 +34,9 @@ from ._types import ErrorInfo, Outcome, Request, RunStats
 log = logging.getLogger(__name__)
 
 OutcomeCallback = Callable[[Outcome], None]
+#: ``split(request, max_tokens)``: the request as several smaller ones, each of at most
+#: ``max_tokens`` (halves when None), or None when it cannot be split (one input).
+Splitter = Callable[[Request, float | None], list[Request] | None]
 
 _FIXES = {
     "AuthenticationError": "check the key: pass api_key=... or set OPENAI_API_KEY "
@@ -56,16 +59,17 @@ class _Gate:
         self,
         limiter: Limiter,
         clock: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]],
+        sleep: Callable[[float], Awaitable[None]] | None,
         before_send: Callable[[int], None] | None = None,
     ) -> None:
         self.limiter = limiter
         self.before_send = before_send
         self.in_flight = 0
         self._clock = clock
-        self._sleep = sleep
+        self._sleep = sleep  # an injected sleep (a fake clock's); None: the loop's timers
         self._lock = asyncio.Lock()  # FIFO: waiters are served in order
         self._freed = asyncio.Event()
+        self._waker: asyncio.Future[None] | None = None  # the paced wait in progress
         self.closed = False  # set when the run stops: nothing more is sent
 
     def close(self) -> None:
@@ -95,7 +99,25 @@ class _Gate:
                 wait = self.limiter.delay(tokens, now)
                 if wait <= 0.0:
                     return self._send(tokens, now)
-                await self._sleep(wait)
+                await self._pause(wait)
+
+    async def _pause(self, wait: float) -> None:
+        """Wait ``wait`` seconds for the pace, or less if :meth:`nudge` says it changed."""
+        if self._sleep is not None:
+            await self._sleep(wait)
+            return
+        loop = asyncio.get_running_loop()
+        waker = self._waker = loop.create_future()
+        timer = loop.call_later(wait, _wake, waker)
+        try:
+            await waker
+        finally:
+            timer.cancel()
+            self._waker = None
+
+    def nudge(self) -> None:
+        """The limiter got capacity back (a refused request's tokens): look again now."""
+        _wake(self._waker)
 
     def _send(self, tokens: int, now: float) -> Ticket:
         if self.before_send is not None:
@@ -106,6 +128,11 @@ class _Gate:
     def release(self) -> None:
         self.in_flight -= 1
         self._freed.set()
+
+
+def _wake(waker: asyncio.Future[None] | None) -> None:
+    if waker is not None and not waker.done():
+        waker.set_result(None)
 
 
 class Engine:
@@ -146,6 +173,7 @@ class Engine:
         self._transport = transport
         self._clock_arg = clock
         self._clock: Callable[[], float] = clock or time.monotonic
+        self._sleep_arg = sleep
         self._sleep = sleep or asyncio.sleep
         self._rng = rng or random.Random()
         self.stats = RunStats()
@@ -165,6 +193,7 @@ class Engine:
         *,
         before_pull: Callable[[], Awaitable[None]] | None = None,
         before_send: Callable[[int], None] | None = None,
+        split: Splitter | None = None,
     ) -> RunStats:
         """Send every request; call ``on_outcome`` once per request as each one ends.
 
@@ -174,6 +203,8 @@ class Engine:
         runs between a request's answer and ``on_outcome``, so a front end that saves answers
         in batches can save them there and keep answered-but-unsaved plus in-flight requests
         within ``max_in_flight`` (what a kill -9 can cost).
+        ``split`` lets the engine cut a request that is too large for the server's window
+        (packed embeddings): each part then ends in an outcome of its own, the whole none.
 
         Raises a :class:`RunAbortedError` subclass at once when the server refuses the whole run
         (bad key, no quota, unknown model); whatever ``on_outcome`` raises stops the run too.
@@ -186,7 +217,7 @@ class Engine:
         self.limiter = Limiter(
             rpm=self.rpm, tpm=self.tpm, max_in_flight=self.max_in_flight, now=now
         )
-        gate = _Gate(self.limiter, self._clock, self._sleep, before_send)
+        gate = _Gate(self.limiter, self._clock, self._sleep_arg, before_send)
         transport = self._transport or default_transport(
             self.api.base_url, max_connections=self.max_in_flight
         )
@@ -196,10 +227,16 @@ class Engine:
         tasks: set[asyncio.Task[None]] = set()
         failure: list[BaseException] = []
 
+        async def settle(request: Request) -> None:
+            result = await self._attempts(request, gate, transport, headers, split)
+            if isinstance(result, Outcome):
+                on_outcome(result)
+            else:  # split: its parts, side by side in this task's slot
+                await asyncio.gather(*map(settle, result))
+
         async def process(request: Request) -> None:
             try:
-                outcome = await self._attempts(request, gate, transport, headers)
-                on_outcome(outcome)
+                await settle(request)
             except (asyncio.CancelledError, _RunStopped):
                 pass
             except BaseException as exc:  # an abort, or the callback's own error
@@ -249,10 +286,33 @@ class Engine:
         return stats
 
     async def _attempts(
-        self, request: Request, gate: _Gate, transport: Transport, headers: dict[str, str]
-    ) -> Outcome:
+        self,
+        request: Request,
+        gate: _Gate,
+        transport: Transport,
+        headers: dict[str, str],
+        split: Splitter | None = None,
+    ) -> Outcome | list[Request]:
+        """Send ``request`` until it has an outcome; or return its parts when it was split.
+
+        A 429 that is a rate-limit wait does not use up one of ``max_attempts`` when another
+        request succeeded since this one's last 429 (the server is answering, this request
+        only waits its turn; at most MAX_RATE_LIMIT_WAITS times); when nothing succeeds
+        meanwhile it counts like any error, so a server that only ever answers 429 still
+        ends each request after ``max_attempts`` tries.
+        """
         stats = self.stats
         limiter = gate.limiter
+
+        def parts_to_fit() -> list[Request] | None:
+            """The request cut into packs that fit the server's window, if it does not."""
+            window = None if split is None else limiter.window_tokens()
+            if split is None or window is None or request.tokens <= window:
+                return None
+            return split(request, limiter.request_token_cap())
+
+        if parts := parts_to_fit():
+            return parts
         url = self._urls.get(request.endpoint)
         if url is None:
             url = self._urls[request.endpoint] = self.api.url(request.endpoint)
@@ -261,10 +321,18 @@ class Engine:
         except TypeError as exc:  # e.g. a numpy value in extra_body: that row fails alone
             error = ErrorInfo(None, "invalid_request", f"the request body is not JSON: {exc}")
             return self._failed(request, Verdict(Action.FAIL_ROW, error=error), 0)
-        attempt = 0
+        attempt = 0  # sends
+        charged = 0  # of max_attempts
+        waits = 0  # 429s that were only waits
+        succeeded_before = stats.succeeded  # successes of the run at this request's last 429
         while True:
             attempt += 1
             ticket = await gate.acquire(request.tokens)
+            if split is not None and (parts := parts_to_fit()):  # the limit was learned
+                limiter.give_back(ticket, self._clock())  # while it waited: not sent
+                gate.release()
+                gate.nudge()
+                return parts
             stats.requests_sent += 1
             stats.tokens_estimated += request.tokens
             try:
@@ -285,6 +353,11 @@ class Engine:
                     limiter.on_rate_limited(ticket, rate, verdict.retry_after, now)
                 else:
                     limiter.on_response(ticket, rate, now)
+                if verdict.tokens_limit is not None and (rate is None or not rate.tokens.limit):
+                    limiter.learn_token_limit(verdict.tokens_limit)  # a 429's "Limit X"
+                if verdict.refused or (verdict.oversized and split is not None):
+                    limiter.give_back(ticket, now)  # never processed: never charged
+                    gate.nudge()
             finally:
                 gate.release()
 
@@ -296,7 +369,21 @@ class Engine:
                 return Outcome(request, response=verdict.body, attempts=attempt)
             if verdict.action is Action.ABORT:
                 raise self._abort_error(verdict)
-            if verdict.action is Action.RETRY and attempt < self.max_attempts:
+            if verdict.oversized and split is not None:
+                parts = split(request, limiter.request_token_cap())
+                if parts:
+                    return parts
+            if (
+                verdict.rate_limited
+                and stats.succeeded > succeeded_before
+                and waits < C.MAX_RATE_LIMIT_WAITS
+            ):
+                waits += 1  # the server answers others: this one waits its turn
+            else:
+                charged += 1
+            if verdict.rate_limited:
+                succeeded_before = stats.succeeded
+            if verdict.action is Action.RETRY and charged < self.max_attempts:
                 stats.retries += 1
                 wait = verdict.retry_after
                 if wait is None:

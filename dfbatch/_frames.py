@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import _chat
+from . import _constants as C
 from ._cache import request_key
 from ._embed import EmbedJob, failed_on_format
 from ._errors import ConfigurationError, RowsFailedError
@@ -115,8 +116,11 @@ async def embed_values(
                 cache.maybe_flush()
             return done
 
+        # A pack fits in what the server takes at once (the engine also splits one that
+        # does not, once the server has told the limit).
+        share = options.tpm / 60.0 * C.EMBED_PACK_WINDOW_SHARE if options.tpm else None
         figures = await execute(
-            job.requests(batch_size=batch_size, encoding_format="base64"),
+            job.requests(batch_size=batch_size, encoding_format="base64", max_tokens=share),
             on_outcome,
             options=options,
             total_rows=job.n_rows,
@@ -124,6 +128,7 @@ async def embed_values(
             rows_failed=len(job.errors),
             rows_cached=job.cached,
             desc=f"embed {model}",
+            split=job.split,
         )
         if as_floats:  # the server does not do base64: ask again for floats
             log.info("the server refused base64 embeddings; asking for floats")
@@ -137,6 +142,7 @@ async def embed_values(
                 options=options,
                 total_rows=None,
                 desc=f"embed {model} (floats)",
+                split=job.split,
             )
             figures = _merge(figures, more)
     finally:

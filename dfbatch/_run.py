@@ -15,7 +15,7 @@ from typing import Any
 
 from . import _constants as C
 from ._config import ApiConfig
-from ._engine import Engine, run_stats_summary
+from ._engine import Engine, Splitter, run_stats_summary
 from ._progress import Progress
 from ._transport import Transport
 from ._types import Outcome, Request
@@ -93,8 +93,10 @@ async def execute(
     rows_failed: int = 0,
     rows_cached: int = 0,
     desc: str = "dfbatch",
+    split: Splitter | None = None,
 ) -> dict[str, Any]:
     """Send ``requests``; ``on_outcome`` returns (rows finished, rows failed) for each outcome.
+    ``split`` cuts a request too large for the server's window (see ``Engine.run``).
 
     Returns the run's figures (for ``DataFrame.attrs`` and the summary).
     """
@@ -108,7 +110,7 @@ async def execute(
         progress.show(engine.stats, engine.stats.finished or _now())
 
     try:
-        stats = await engine.run(requests, handle)
+        stats = await engine.run(requests, handle, split=split)
         progress.show(stats, stats.finished or 0.0, force=True)
     finally:
         progress.close()

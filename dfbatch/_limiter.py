@@ -187,8 +187,13 @@ class Pace:
         if rate is None:
             return 0.0
         seconds = cost / rate
-        # tat may lag the clock by PACE_CATCH_UP: what a late loop missed is sent now, not lost.
-        start = self.tat if self.tat >= now - C.PACE_CATCH_UP else now - C.PACE_CATCH_UP
+        # tat may lag the clock by PACE_CATCH_UP: what a late loop missed is sent now, not
+        # lost; but never so far that this request and the burst allowance would overdraw
+        # the server's bucket (one second's share): ``slack`` is what the bucket leaves.
+        share = self.target or rate
+        slack = (share - min(cost, share)) / rate - C.BURST_SECONDS
+        floor = now - min(C.PACE_CATCH_UP, slack) if slack > 0.0 else now
+        start = self.tat if self.tat > floor else floor
         self.tat = min(start + seconds, now + C.LIMIT_WINDOW_MAX)
         return seconds
 

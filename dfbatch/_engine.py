@@ -228,15 +228,14 @@ class Engine:
         failure: list[BaseException] = []
 
         async def settle(request: Request) -> None:
-            result = await self._attempts(request, gate, transport, headers, split)
-            if isinstance(result, Outcome):
-                on_outcome(result)
-            else:  # split: its parts, side by side in this task's slot
-                await asyncio.gather(*map(settle, result))
-
-        async def process(request: Request) -> None:
+            """One request to its outcome, or its parts to theirs; a run-level error (an
+            abort, or the callback's own) stops the run at once, wherever it happens."""
             try:
-                await settle(request)
+                result = await self._attempts(request, gate, transport, headers, split)
+                if isinstance(result, Outcome):
+                    on_outcome(result)
+                else:  # split: the parts side by side in this slot, tasks the run cancels
+                    await asyncio.wait([track(settle(part)) for part in result])
             except (asyncio.CancelledError, _RunStopped):
                 pass
             except BaseException as exc:  # an abort, or the callback's own error
@@ -244,8 +243,18 @@ class Engine:
                     failure.append(exc)
                 gate.close()
                 stop.set()
+
+        async def process(request: Request) -> None:
+            try:
+                await settle(request)
             finally:
                 slots.release()
+
+        def track(coro: Awaitable[None]) -> asyncio.Future[None]:
+            task = asyncio.ensure_future(coro)
+            tasks.add(task)
+            task.add_done_callback(done)
+            return task
 
         def done(task: asyncio.Task[None]) -> None:
             tasks.discard(task)
@@ -266,9 +275,7 @@ class Engine:
                 if request is None:
                     slots.release()
                     break
-                task = asyncio.ensure_future(process(request))
-                tasks.add(task)
-                task.add_done_callback(done)
+                track(process(request))
             feeding_over = True
             if tasks and not failure:
                 await stop.wait()

@@ -504,3 +504,48 @@ def test_the_pace_holds_on_a_busy_event_loop() -> None:
     share = (len(steady) - 1) / (steady[-1] - steady[0]) / 500.0
     assert share >= 0.98
     assert bucket["refused"] == 0  # the catch-up bursts fit the server's bucket
+
+
+def test_a_refused_key_met_by_one_part_of_a_split_request_stops_the_run_at_once() -> None:
+    """A pack split after "Request too large": when one part meets a 401, the run stops then,
+    not after the other parts' slow answers."""
+    too_large = json.dumps(
+        {
+            "error": {
+                "message": "Request too large for m on tokens per min (TPM): Limit 1000000, "
+                "Requested 2000000.",
+                "type": "tokens",
+                "code": "rate_limit_exceeded",
+            }
+        }
+    ).encode()
+
+    async def handler(url, headers, body):  # type: ignore[no-untyped-def]
+        items = json.loads(body)["input"]
+        if len(items) > 2:
+            return RawResponse(429, {}, too_large)
+        if "x7" in items:
+            await asyncio.sleep(0.1)
+            return RawResponse(401, {}, b'{"error": {"message": "Incorrect API key"}}')
+        await asyncio.sleep(100.0)
+        return RawResponse(200, {}, b'{"data": []}')
+
+    def split(request: Request, max_tokens: float | None) -> list[Request] | None:
+        items = request.body["input"]
+        if len(items) < 2:
+            return None
+        half = len(items) // 2
+        return [
+            Request((request.id, k), "/embeddings", {"input": part}, 10 * len(part))
+            for k, part in enumerate((items[:half], items[half:]))
+        ]
+
+    pack = Request(0, "/embeddings", {"input": [f"x{i}" for i in range(8)]}, 80)
+
+    async def main() -> float:
+        engine = Engine(API, transport=MockTransport(handler))
+        with pytest.raises(AuthenticationError):
+            await engine.run([pack], lambda o: None, split=split)
+        return now()
+
+    assert run_virtual(main()) < 1.0

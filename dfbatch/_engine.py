@@ -91,7 +91,7 @@ class _Gate:
                     self._freed.clear()
                     if grace is None:
                         await self._freed.wait()
-                    else:  # the window opens when the first request's grace is over
+                    else:  # the window grows when the wait for the first answer has doubled
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._freed.wait(), grace)
                     continue

@@ -8,7 +8,11 @@ outcome. The callback keeps only the id and whether it succeeded (the cookbook w
 answer to a file instead).
 
     python bench/_drive_dfbatch.py --base-url http://127.0.0.1:PORT/v1 --requests FILE \
-        [--rpm N] [--tpm N] [--max-in-flight N] [--profile OUT.prof]
+        [--rpm N] [--tpm N] [--max-in-flight N] [--profile OUT.prof] [--busy 0.08/0.5]
+
+``--busy BLOCK/EVERY`` makes the event loop busy: every EVERY seconds it is blocked for BLOCK
+seconds (``time.sleep`` in a callback: what a long callback, a GC pause or a descheduled
+process do to the loop, without using the CPU the simulator shares).
 
 Prints one JSON line: wall and CPU seconds of the run, outcome counts, RunStats figures.
 """
@@ -43,6 +47,8 @@ class TimedTransport:
         self.first: float | None = None
         self.second: float | None = None
         self.last: float | None = None
+        self.times: list[float] = []  # every send
+        self.first_answer: float | None = None
 
     async def send(self, url: str, headers: Any, body: bytes, timeout: float) -> RawResponse:
         now = time.monotonic()
@@ -52,7 +58,12 @@ class TimedTransport:
             self.second = now
         self.last = now
         self.count += 1
-        return await self.inner.send(url, headers, body, timeout)
+        self.times.append(now)
+        try:
+            return await self.inner.send(url, headers, body, timeout)
+        finally:
+            if self.first_answer is None:
+                self.first_answer = time.monotonic()
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -86,7 +97,9 @@ def main() -> int:
     p.add_argument("--api-key", default="sk-bench")
     p.add_argument("--profile", default=None, help="write cProfile stats of the run here")
     p.add_argument("--body-extra", default=None, help="JSON object merged into each body")
+    p.add_argument("--busy", default=None, help="BLOCK/EVERY seconds: block the loop")
     args = p.parse_args()
+    busy = tuple(float(x) for x in args.busy.split("/")) if args.busy else None
 
     # Start-up, not measured: imports (above) and the encoding's files.
     load_encoding("cl100k_base")
@@ -128,9 +141,21 @@ def main() -> int:
     requests = read_requests(args.requests, args.endpoint, extra)
 
     async def go() -> Any:
+        ballast = None
+        if busy is not None:
+            block, every = busy
+
+            async def blocker() -> None:
+                while True:
+                    await asyncio.sleep(every)
+                    time.sleep(block)  # the loop is busy: nothing else runs meanwhile
+
+            ballast = asyncio.ensure_future(blocker())
         try:
             return await engine.run(requests, on_outcome)
         finally:
+            if ballast is not None:
+                ballast.cancel()
             await transport.aclose()
 
     stats = asyncio.run(go())
@@ -168,7 +193,20 @@ def main() -> int:
         "first_send": transport.first,
         "second_send": transport.second,
         "last_send": transport.last,
+        "busy": args.busy,
+        "first_answer": transport.first_answer,
     }
+    if transport.first_answer is not None:
+        # The steady part of the run: from a second after the first answer (the window is
+        # open and the burst allowed at its opening is spent) to the end.
+        steady_from = transport.first_answer + 1.0
+        after = [t for t in transport.times if t >= steady_from]
+        out["sends_before_first_answer"] = sum(
+            1 for t in transport.times if t < transport.first_answer
+        )
+        out["steady_from"] = steady_from
+        out["sends_after_steady"] = len(after)
+        out["first_send_after_steady"] = after[0] if after else None
     print(json.dumps(out), flush=True)
     return 0
 

@@ -12,6 +12,12 @@ time around the run only, after its imports. All traffic stays on 127.0.0.1.
     (c) 10,000 requests against an unlimited, zero-latency simulator: client CPU per request
         of dfbatch and of the cookbook, and TCP connections opened.
     (d) 30,000 RPM with 2 s latency: dfbatch told rpm=30000.
+    (e) issue 9, point 12: as (d) over a 20 s run (10,000 requests), with a quiet event loop
+        and with a busy one (the driver blocks it 80 ms every 0.5 s): the admitted share once
+        the window is open, and over the whole run.
+    (f) issue 9, point 10: 20,000 short rows through df.llm.embed against 1,000,000 TPM
+        enforced over 1 s windows strictly (a request over 16,667 tokens is refused every
+        time; a full pack of 2,048 rows is ~17,000): rows lost, 429s, wall vs ideal.
 
     /work/venv/bin/python bench/engine_bench.py            # the issue's numbers (~10 min)
     /work/venv/bin/python bench/engine_bench.py --quick    # smoke check (~2 min)
@@ -203,12 +209,13 @@ def run_dfbatch(
     timeout: float,
     profile: Path | None = None,
     body_extra: str | None = None,
+    extra: list[str] | None = None,
 ) -> dict[str, Any]:
     load = os.getloadavg()[0]
     with Sim(tmp, name, *sim_flags) as sim:
         cmd = [PY, str(BENCH / "_drive_dfbatch.py"), "--base-url", sim.base_url]
         cmd += ["--requests", str(requests)]
-        cmd += DFBATCH_FLAGS
+        cmd += DFBATCH_FLAGS + (extra or [])
         if body_extra is not None:
             cmd += ["--body-extra", body_extra]
         if rpm is not None:
@@ -219,6 +226,34 @@ def run_dfbatch(
         server = sim.stats()
         server["process_cpu_s"] = sim.cpu_seconds()
     return {"client": client, "server": server, "sim_flags": sim_flags, "loadavg_before": load}
+
+
+def run_embed_window(
+    tmp: Path, name: str, sim_flags: list[str], *, rows: int, tpm: float | None, timeout: float
+) -> dict[str, Any]:
+    """(f): bench/_drive_embed_window.py (df.llm.embed) against a fresh simulator."""
+    load = os.getloadavg()[0]
+    with Sim(tmp, name, *sim_flags) as sim:
+        cmd = [PY, str(BENCH / "_drive_embed_window.py"), "--base-url", sim.base_url]
+        cmd += ["--rows", str(rows)]
+        if tpm is not None:
+            cmd += ["--tpm", str(tpm)]
+        client = run_driver(cmd, tmp, name, timeout)
+        server = sim.stats()
+    return {"client": client, "server": server, "sim_flags": sim_flags, "loadavg_before": load}
+
+
+def steady_share(run: dict[str, Any], limit_rpm: float) -> float | None:
+    """Admitted per second from a second after the first answer to the last admission, over
+    the limit: the client's first send in that span (it is admitted within a millisecond,
+    see "server lag" in the report) to the simulator's last admission, on the one
+    monotonic clock both processes read."""
+    c, s = run["client"], run["server"]
+    start, n = c.get("first_send_after_steady"), c.get("sends_after_steady")
+    if start is None or not n or n < 2 or s.get("last_admitted") is None:
+        return None
+    span = s["last_admitted"] - start
+    return (n - 1) / span / (limit_rpm / 60.0) if span > 0 else None
 
 
 def run_cookbook(
@@ -414,6 +449,11 @@ def main() -> int:
     p.add_argument("--n-a", type=int, default=None, help="requests in (a) and (b) [3000]")
     p.add_argument("--n-c", type=int, default=None, help="requests in (c) [10000]")
     p.add_argument("--n-d", type=int, default=None, help="requests in (d) [30000]")
+    p.add_argument("--n-e", type=int, default=None, help="requests in (e): 20 s [10000]")
+    p.add_argument(
+        "--busy-e", default="0.08/0.5", help="(e)'s busy loop: BLOCK/EVERY seconds [0.08/0.5]"
+    )
+    p.add_argument("--rows-f", type=int, default=None, help="rows in (f) [20000]")
     p.add_argument("--rpm-a", type=int, default=6000, help="true limit of (a)/(b) [6000]")
     p.add_argument("--rpm-d", type=int, default=30000, help="limit of (d) [30000]")
     p.add_argument("--latency-d", default="2", help="simulator latency of (d) [2]")
@@ -433,7 +473,7 @@ def main() -> int:
         default="base64",
         help="embeddings wire format in the request files, for both clients [base64]",
     )
-    p.add_argument("--only", default="abcd", help="scenarios to run, e.g. 'cd' [abcd]")
+    p.add_argument("--only", default="abcdef", help="scenarios to run, e.g. 'cd' [abcdef]")
     p.add_argument("--cookbook-page", type=Path, default=SEED_PAGE)
     p.add_argument("--out", type=Path, default=BENCH / "out" / "engine_bench.json")
     p.add_argument("--profile", action="store_true", help="also cProfile dfbatch in (c)")
@@ -454,6 +494,8 @@ def main() -> int:
     n_a = args.n_a or (600 if quick else 3000)
     n_c = args.n_c or (1500 if quick else 10_000)
     n_d = args.n_d or (3000 if quick else 30_000)
+    n_e = args.n_e or (3000 if quick else 10_000)
+    rows_f = args.rows_f or (6000 if quick else 20_000)
     cb_timeout = args.cookbook_timeout or (45.0 if quick else 400.0)
     rpm_a, rpm_d = args.rpm_a, args.rpm_d
 
@@ -490,6 +532,9 @@ def main() -> int:
             "n_a": n_a,
             "n_c": n_c,
             "n_d": n_d,
+            "n_e": n_e,
+            "busy_e": args.busy_e,
+            "rows_f": rows_f,
             "rpm_a": rpm_a,
             "rpm_d": rpm_d,
             "latency_d": args.latency_d,
@@ -714,7 +759,13 @@ def main() -> int:
                 )
                 f = runs["d_dfbatch"] = {**run, "figures": figures(run, rpm_d)}
                 ff = f["figures"]
+                ff["steady_share_of_limit"] = steady_share(run, rpm_d)
                 describe(rep, f"dfbatch, rpm={rpm_d}", ff)
+                rep.say(
+                    f"    info: once the window is open (a second after the first answer) "
+                    f"{pct(ff['steady_share_of_limit'])} of the limit; before the first answer "
+                    f"{run['client'].get('sends_before_first_answer')} requests went (issue 9.11)"
+                )
                 rep.check(
                     "d",
                     "share of the limit (admitted first..last)",
@@ -731,6 +782,111 @@ def main() -> int:
                 )
             except Exception as exc:  # one broken run must not lose the others
                 scenario_error(rep, "d", exc)
+
+        # (e) ----------------------------------------------------------------------------
+        if "e" in args.only:
+            try:
+                rep.say()
+                rep.say(
+                    f"(e) {n_e:,} requests ({n_e / (rpm_d / 60):.0f} s at the limit), simulator "
+                    f"{rpm_d:,} RPM, latency {args.latency_d} s; quiet and busy event loop"
+                )
+                req_e = write_requests(tmp / "requests-e.jsonl", n_e)
+                flags = ["--rpm", str(rpm_d), "--latency", args.latency_d]
+                block, every = (float(x) for x in args.busy_e.split("/"))
+                for key, label, extra in (
+                    ("e_quiet", "quiet event loop", []),
+                    (
+                        "e_busy",
+                        f"busy event loop (blocked {1000 * block:.0f} ms every {every:g} s)",
+                        ["--busy", args.busy_e],
+                    ),
+                ):
+                    log(f"(e) dfbatch, {label}")
+                    run = run_dfbatch(
+                        tmp,
+                        key,
+                        flags,
+                        req_e,
+                        rpm=rpm_d,
+                        timeout=120 + 4 * n_e / (rpm_d / 60),
+                        extra=extra,
+                    )
+                    ff = figures(run, rpm_d)
+                    ff["steady_share_of_limit"] = steady_share(run, rpm_d)
+                    c = run["client"]
+                    first_answer = (c.get("first_answer") or 0.0) - (c.get("first_send") or 0.0)
+                    runs[key] = {**run, "figures": ff}
+                    describe(rep, f"dfbatch, rpm={rpm_d}, {label}", ff)
+                    rep.say(
+                        f"    first answer {first_answer:.2f} s after the first send, "
+                        f"{c.get('sends_before_first_answer')} requests sent before it (the "
+                        f"window opens at the first answer; until then 1, 2, 4... in flight); "
+                        f"admitted over the whole run {pct(ff['share_of_limit'])} of the limit,"
+                        f" once the window is open {pct(ff['steady_share_of_limit'])}"
+                    )
+                    rep.check(
+                        "e",
+                        f"{label.split(' (')[0]}: admitted share, open window",
+                        pct(ff["steady_share_of_limit"]),
+                        ">= 98%",
+                        (ff["steady_share_of_limit"] or 0) >= 0.98,
+                    )
+                    rep.check(
+                        "e",
+                        f"{label.split(' (')[0]}: 429s",
+                        str(ff["rate_limited_429"]),
+                        "0",
+                        ff["rate_limited_429"] == 0,
+                    )
+                    rep.check(
+                        "e",
+                        f"{label.split(' (')[0]}: every request answered once",
+                        f"{ff['ok']}/{ff['n']}",
+                        "all",
+                        ff["all_answered"],
+                    )
+            except Exception as exc:  # one broken run must not lose the others
+                scenario_error(rep, "e", exc)
+
+        # (f) ----------------------------------------------------------------------------
+        if "f" in args.only:
+            try:
+                tpm_f = 1_000_000
+                rep.say()
+                rep.say(
+                    f"(f) df.llm.embed of {rows_f:,} short rows (8-9 tokens; a full pack of "
+                    f"2,048 is ~17,000), simulator {tpm_f:,} TPM over 1 s windows, strict: "
+                    f"a request over {tpm_f / 60:,.0f} tokens is refused every time"
+                )
+                sim_flags = ["--tpm", str(tpm_f), "--strict-windows"]
+                for key, told in (("f_told_nothing", None), ("f_told_tpm", tpm_f)):
+                    log(f"(f) dfbatch embed, tpm={told}")
+                    run = run_embed_window(tmp, key, sim_flags, rows=rows_f, tpm=told, timeout=900)
+                    c, srv = run["client"], run["server"]
+                    ideal = srv["tokens_admitted"] / (tpm_f / 60.0)
+                    runs[key] = {**run, "ideal_wall_s": ideal}
+                    rep.say(f"  dfbatch, tpm={told}")
+                    rep.say(
+                        f"    {c['rows']:,} rows in {c['wall_s']:.1f} s wall; ideal "
+                        f"{ideal:.1f} s (the {srv['tokens_admitted']:,} tokens the server "
+                        f"counted, at {tpm_f / 60:,.0f} a second) = {c['wall_s'] / ideal:.2f}x"
+                    )
+                    rep.say(
+                        f"    requests {srv['requests']:,} (admitted {srv['admitted']:,}), "
+                        f"429s {srv['rate_limited']:,}; rows lost {c['rows_lost']:,} (wrong "
+                        f"vectors {c['rows_wrong']}), failures {c['failures_by_cause']}; the "
+                        f"client estimated {c['tokens_estimated']:,} tokens"
+                    )
+                    rep.check(
+                        "f",
+                        f"tpm={told}: rows lost",
+                        f"{c['rows_lost']:,}",
+                        "0",
+                        c["rows_lost"] == 0,
+                    )
+            except Exception as exc:  # one broken run must not lose the others
+                scenario_error(rep, "f", exc)
 
     passed = sum(c["pass"] for c in rep.checks)
     rep.say()

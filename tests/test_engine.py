@@ -302,12 +302,13 @@ def test_unserializable_body_fails_its_row_only() -> None:
 
 
 def test_high_rate_with_slow_answers_keeps_the_pace() -> None:
-    """30,000 RPM with 2 s answers: 1,000 in flight hold the pace (>= 95%), no 429s."""
+    """30,000 RPM with 2 s answers: once the first answer has come (the window opens then),
+    1,000 in flight hold the pace (>= 98%), no 429s."""
     server = BucketServer(30_000, latency=2.0)
     out = run(Engine(API, transport=MockTransport(server), rpm=30_000), requests(10_000))
     assert len(out) == 10_000 and server.rejected == 0
-    span = server.accepted[-1] - server.accepted[0]
-    assert (len(server.accepted) - 1) / span / 500.0 >= 0.95
+    after = [t for t in server.accepted if t >= 2.0]  # the first answer came at 2 s
+    assert (len(after) - 1) / (after[-1] - after[0]) / 500.0 >= 0.98
 
 
 def test_before_send_sees_each_send_and_nothing_runs_between_answer_and_outcome() -> None:

@@ -194,13 +194,19 @@ def test_repr_shows_state() -> None:
     assert "6000/min" in repr(lim) and "window=1/10" in repr(lim)
 
 
-def test_with_limits_given_a_slow_first_answer_opens_the_window_after_grace() -> None:
-    """rpm given: the first request goes alone for PROBE_GRACE at most, then the pace rules."""
+def test_with_limits_given_a_slow_first_answer_opens_the_window_gradually() -> None:
+    """rpm given: the first request goes alone for PROBE_GRACE, then the window doubles each
+    time the wait has doubled (2 at 0.5 s, 4 at 1.5 s, 8 at 3.5 s), and opens at the answer."""
     lim = Limiter(rpm=6000, tpm=None, max_in_flight=1000, now=0.0)
     lim.on_send(1, 0.0)
     assert lim.window == 1
     assert lim.probe_over(0.1) == pytest.approx(C.PROBE_GRACE - 0.1)
-    assert lim.probe_over(C.PROBE_GRACE) is None and lim.window == 1000
+    g = C.PROBE_GRACE
+    assert lim.probe_over(g) == pytest.approx(2 * g) and lim.window == 2
+    assert lim.probe_over(3 * g) == pytest.approx(4 * g) and lim.window == 4
+    assert lim.probe_over(7 * g) == pytest.approx(8 * g) and lim.window == 8
+    lim.on_response(lim.on_send(1, 7 * g), None, 7 * g + 0.1)
+    assert lim.probe_over(8 * g) is None and lim.window == 1000
 
 
 def test_without_limits_the_probe_waits_for_the_answer() -> None:

@@ -34,14 +34,36 @@ BACKOFF_MAX = 20.0
 RETRY_AFTER_MAX = 120.0
 #: Cool-down used after a 429 that carries no retry-after.
 DEFAULT_COOL_DOWN = 1.0
+#: A request whose 429s are only rate-limit waits is retried without using up an attempt while
+#: the server answers other requests; once nothing but 429s comes back, every 429 counts. This
+#: caps the free ones anyway (a safety net; one each retry-after, it is hours).
+MAX_RATE_LIMIT_WAITS = 1_000
+
+#: The longest window a server enforces a limit over (a per-minute limit), in seconds. What a
+#: server says may hold the pace back at most this long ...
+LIMIT_WINDOW_MAX = 60.0
+#: ... so no wait the limiter computes exceeds a window plus the longest retry-after honoured.
+LIMITER_MAX_WAIT = LIMIT_WINDOW_MAX + RETRY_AFTER_MAX
+#: Largest count believed from an x-ratelimit-limit-* / -remaining-* header (the largest real
+#: limits are about 10^10 tokens a minute); a limit outside [1, this] is ignored, a remaining
+#: count is clamped to [0, this].
+HEADER_MAX_COUNT = 10**12
 
 #: With rpm/tpm given, the first request goes alone until answered or for this many seconds:
-#: long enough for a refused key (answered at once) to stop the run after one request.
+#: long enough for a refused key (answered at once) to stop the run after one request. If the
+#: first answer is slower, the number allowed in flight doubles each time the wait has doubled
+#: (2 after 0.5 s, 4 after 1.5 s, 8 after 3.5 s...): at most 1 + t / PROBE_GRACE requests are
+#: sent in the first t seconds without an answer, however slow the machine or the server.
 PROBE_GRACE = 0.5
 
 #: Pacing: how many seconds of capacity may be spent at once. Servers enforce per-minute
 #: limits over 1 s windows, so the client never bursts more than a small slice of a second.
 BURST_SECONDS = 0.05
+#: Seconds of pacing a late event loop may catch up on (a callback that ran long, a GC pause,
+#: the process descheduled): the server's bucket refilled meanwhile, so the requests that were
+#: due go at once instead of that time being lost. With BURST_SECONDS this is 0.3 s of the
+#: server's one-second share at most: such a burst always fits.
+PACE_CATCH_UP = 0.25
 #: Fraction of a server-announced limit the client paces at, keeping a margin for clock skew.
 HEADER_LIMIT_SHARE = 0.99
 #: After a 429 the pace drops to this share of what it was (once per cool-down) ...
@@ -65,6 +87,41 @@ CHARS_PER_TOKEN_FALLBACK = 3
 EMBED_MAX_INPUTS = 2_048
 EMBED_MAX_REQUEST_TOKENS = 300_000
 EMBED_MAX_INPUT_TOKENS = 8_191
+#: A pack of embedding inputs holds at most this share of what the server takes in one
+#: second (TPM / 60, configured or announced): a server that enforces TPM over 1 s windows
+#: then takes it without waiting for an exactly full bucket, and never refuses it outright.
+EMBED_PACK_WINDOW_SHARE = 0.5
+
+#: Context windows (prompt + answer tokens) by model-name prefix, the longest matching prefix
+#: wins. A request's token estimate is capped at n x its model's window: a request larger
+#: than that is refused unprocessed, so charging more would only stall the rows after it.
+MODEL_CONTEXT_TOKENS: dict[str, int] = {
+    "gpt-5": 400_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-4.5": 128_000,
+    "gpt-4o": 128_000,
+    "chatgpt-4o": 128_000,
+    "gpt-4-turbo": 128_000,
+    "gpt-4-1106": 128_000,
+    "gpt-4-0125": 128_000,
+    "gpt-4-32k": 32_768,
+    "gpt-4": 8_192,
+    "gpt-3.5-turbo-instruct": 4_096,
+    "gpt-3.5-turbo": 16_385,
+    "gpt-35-turbo": 16_385,
+    "gpt-oss": 131_072,
+    "o1-mini": 128_000,
+    "o1-preview": 128_000,
+    "o1": 200_000,
+    "o3": 200_000,
+    "o4": 200_000,
+    "davinci-002": 16_384,
+    "babbage-002": 16_384,
+}
+#: For models not in the table (Azure deployment names, other servers' models): the most
+#: common window. Too low a guess costs a few 429s, which the pace absorbs; too high a one
+#: lets an oversized row hold the whole run back.
+DEFAULT_CONTEXT_TOKENS = 128_000
 
 #: Vector lengths accepted in an answer: the largest models known give 4,096; a longer vector
 #: is refused before a block of rows x dimensions is allocated for it.

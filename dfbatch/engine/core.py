@@ -47,6 +47,9 @@ from .types import BUDGET_REACHED, ErrorInfo, Outcome, Request, RunStats
 log = logging.getLogger(__name__)
 
 OutcomeCallback = Callable[[Outcome], None]
+#: ``split(request, max_tokens)``: the request as several smaller ones, each of at most
+#: ``max_tokens`` (halves when None), or None when it cannot be split (one input).
+Splitter = Callable[[Request, float | None], list[Request] | None]
 
 _FIXES = {
     "AuthenticationError": "check the key: pass api_key=... or set OPENAI_API_KEY "
@@ -69,16 +72,17 @@ class _Gate:
         self,
         limiter: Limiter,
         clock: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]],
+        sleep: Callable[[float], Awaitable[None]] | None,
         before_send: Callable[[int], None] | None = None,
     ) -> None:
         self.limiter = limiter
         self.before_send = before_send
         self.in_flight = 0
         self._clock = clock
-        self._sleep = sleep
+        self._sleep = sleep  # an injected sleep (a fake clock's); None: the loop's timers
         self._lock = asyncio.Lock()  # FIFO: waiters are served in order
         self._freed = asyncio.Event()
+        self._waker: asyncio.Future[None] | None = None  # the paced wait in progress
         self.closed = False  # set when the run stops: nothing more is sent
 
     def close(self) -> None:
@@ -100,7 +104,7 @@ class _Gate:
                     self._freed.clear()
                     if grace is None:
                         await self._freed.wait()
-                    else:  # the window opens when the first request's grace is over
+                    else:  # the window grows when the wait for the first answer has doubled
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._freed.wait(), grace)
                     continue
@@ -108,7 +112,25 @@ class _Gate:
                 wait = self.limiter.delay(tokens, now)
                 if wait <= 0.0:
                     return self._send(tokens, now)
-                await self._sleep(wait)
+                await self._pause(wait)
+
+    async def _pause(self, wait: float) -> None:
+        """Wait ``wait`` seconds for the pace, or less if :meth:`nudge` says it changed."""
+        if self._sleep is not None:
+            await self._sleep(wait)
+            return
+        loop = asyncio.get_running_loop()
+        waker = self._waker = loop.create_future()
+        timer = loop.call_later(wait, _wake, waker)
+        try:
+            await waker
+        finally:
+            timer.cancel()
+            self._waker = None
+
+    def nudge(self) -> None:
+        """The limiter got capacity back (a refused request's tokens): look again now."""
+        _wake(self._waker)
 
     def _send(self, tokens: int, now: float) -> Ticket:
         if self.before_send is not None:
@@ -119,6 +141,11 @@ class _Gate:
     def release(self) -> None:
         self.in_flight -= 1
         self._freed.set()
+
+
+def _wake(waker: asyncio.Future[None] | None) -> None:
+    if waker is not None and not waker.done():
+        waker.set_result(None)
 
 
 class Engine:
@@ -166,6 +193,7 @@ class Engine:
         self._transport = transport
         self._clock_arg = clock
         self._clock: Callable[[], float] = clock or time.monotonic
+        self._sleep_arg = sleep
         self._sleep = sleep or asyncio.sleep
         self._rng = rng or random.Random()
         self.stats = RunStats()
@@ -185,6 +213,7 @@ class Engine:
         *,
         before_pull: Callable[[], Awaitable[None]] | None = None,
         before_send: Callable[[int], None] | None = None,
+        split: Splitter | None = None,
     ) -> RunStats:
         """Send every request; call ``on_outcome`` once per request as each one ends.
 
@@ -194,6 +223,8 @@ class Engine:
         runs between a request's answer and ``on_outcome``, so a front end that saves answers
         in batches can save them there and keep answered-but-unsaved plus in-flight requests
         within ``max_in_flight`` (what a kill -9 can cost).
+        ``split`` lets the engine cut a request that is too large for the server's window
+        (packed embeddings): each part then ends in an outcome of its own, the whole none.
 
         Raises a :class:`RunAbortedError` subclass at once when the server refuses the whole run
         (bad key, no quota, unknown model); whatever ``on_outcome`` raises stops the run too.
@@ -209,7 +240,7 @@ class Engine:
         self.limiter = Limiter(
             rpm=self.rpm, tpm=self.tpm, max_in_flight=self.max_in_flight, now=now
         )
-        gate = _Gate(self.limiter, self._clock, self._sleep, before_send)
+        gate = _Gate(self.limiter, self._clock, self._sleep_arg, before_send)
         transport = self._transport or default_transport(
             self.api.base_url, max_connections=self.max_in_flight
         )
@@ -220,10 +251,15 @@ class Engine:
         tasks: set[asyncio.Task[None]] = set()
         failure: list[BaseException] = []
 
-        async def process(request: Request) -> None:
+        async def settle(request: Request) -> None:
+            """One request to its outcome, or its parts to theirs; a run-level error (an
+            abort, or the callback's own) stops the run at once, wherever it happens."""
             try:
-                outcome = await self._attempts(request, gate, transport, headers, secrets)
-                on_outcome(outcome)
+                result = await self._attempts(request, gate, transport, headers, secrets, split)
+                if isinstance(result, Outcome):
+                    on_outcome(result)
+                else:  # split: the parts side by side in this slot, tasks the run cancels
+                    await asyncio.wait([track(settle(part)) for part in result])
             except (asyncio.CancelledError, _RunStopped):
                 pass
             except BaseException as exc:  # an abort, or the callback's own error
@@ -231,8 +267,18 @@ class Engine:
                     failure.append(exc)
                 gate.close()
                 stop.set()
+
+        async def process(request: Request) -> None:
+            try:
+                await settle(request)
             finally:
                 slots.release()
+
+        def track(coro: Awaitable[None]) -> asyncio.Future[None]:
+            task = asyncio.ensure_future(coro)
+            tasks.add(task)
+            task.add_done_callback(done)
+            return task
 
         def done(task: asyncio.Task[None]) -> None:
             tasks.discard(task)
@@ -253,9 +299,7 @@ class Engine:
                 if request is None:
                     slots.release()
                     break
-                task = asyncio.ensure_future(process(request))
-                tasks.add(task)
-                task.add_done_callback(done)
+                track(process(request))
             feeding_over = True
             if tasks and not failure:
                 await stop.wait()
@@ -279,7 +323,18 @@ class Engine:
         transport: Transport,
         headers: dict[str, str],
         secrets: tuple[str, ...],
-    ) -> Outcome:
+        split: Splitter | None = None,
+    ) -> Outcome | list[Request]:
+        """Send ``request`` until it has an outcome; or return its parts when it was split.
+
+        A 429 that is a rate-limit wait does not use up one of ``max_attempts`` when another
+        request succeeded since this one's last 429 (the server is answering, this request
+        only waits its turn; at most MAX_RATE_LIMIT_WAITS times); when nothing succeeds
+        meanwhile it counts like any error, so a server that only ever answers 429 still
+        ends each request after ``max_attempts`` tries.
+        """
+        if parts := _parts_to_fit(request, gate.limiter, split):
+            return parts
         url = self._urls.get(request.endpoint)
         if url is None:
             url = self._urls[request.endpoint] = self.api.url(request.endpoint)
@@ -291,7 +346,9 @@ class Engine:
         price = self._price_of(request)
         cap = self._cap
         if cap is None:
-            return await self._send(request, gate, transport, headers, secrets, url, body, price)
+            return await self._send(
+                request, gate, transport, headers, secrets, url, body, price, split
+            )
         worst = worst_cost(price, *_split_tokens(request)) if price is not None else 0.0
         while True:
             hold = cap.reserve(worst)
@@ -303,8 +360,10 @@ class Engine:
             await settled.wait()  # a request in flight settles: try again
         actual = 0.0
         try:
-            outcome = await self._send(request, gate, transport, headers, secrets, url, body, price)
-            if outcome.ok and price is not None:
+            outcome = await self._send(
+                request, gate, transport, headers, secrets, url, body, price, split
+            )
+            if isinstance(outcome, Outcome) and outcome.ok and price is not None:
                 actual = usage_cost(price, _usage(outcome.response))
             return outcome
         finally:
@@ -322,15 +381,24 @@ class Engine:
         url: str,
         body: bytes,
         price: Price | None,
-    ) -> Outcome:
+        split: Splitter | None,
+    ) -> Outcome | list[Request]:
         stats = self.stats
         limiter = gate.limiter
         timeline: Timeline = stats.timeline
         check = answer_check(request.endpoint, request.body)  # before it counts or is cached
-        attempt = 0
+        attempt = 0  # sends
+        charged = 0  # of max_attempts
+        waits = 0  # 429s that were only waits
+        succeeded_before = stats.succeeded  # successes of the run at this request's last 429
         while True:
             attempt += 1
             ticket = await gate.acquire(request.tokens)
+            if split is not None and (parts := _parts_to_fit(request, limiter, split)):
+                limiter.give_back(ticket, self._clock())  # the limit was learned while it
+                gate.release()  # waited: not sent
+                gate.nudge()
+                return parts
             sent_at = self._clock()
             stats.requests_sent += 1
             stats.tokens_estimated += request.tokens
@@ -361,6 +429,11 @@ class Engine:
                     limiter.on_rate_limited(ticket, rate, verdict.retry_after, now)
                 else:
                     limiter.on_response(ticket, rate, now)
+                if verdict.tokens_limit is not None and (rate is None or not rate.tokens.limit):
+                    limiter.learn_token_limit(verdict.tokens_limit)  # a 429's "Limit X"
+                if verdict.refused or (verdict.oversized and split is not None):
+                    limiter.give_back(ticket, now)  # never processed: never charged
+                    gate.nudge()
             finally:
                 gate.release()
 
@@ -380,7 +453,21 @@ class Engine:
                 return Outcome(request, verdict.body, attempts=attempt, value=verdict.value)
             if verdict.action is Action.ABORT:
                 raise self._abort_error(verdict)
-            if verdict.action is Action.RETRY and attempt < self.max_attempts:
+            if verdict.oversized and split is not None:
+                parts = split(request, limiter.request_token_cap())
+                if parts:
+                    return parts
+            if (
+                verdict.rate_limited
+                and stats.succeeded > succeeded_before
+                and waits < C.MAX_RATE_LIMIT_WAITS
+            ):
+                waits += 1  # the server answers others: this one waits its turn
+            else:
+                charged += 1
+            if verdict.rate_limited:
+                succeeded_before = stats.succeeded
+            if verdict.action is Action.RETRY and charged < self.max_attempts:
                 stats.retries += 1
                 timeline.add("retries", self._clock())
                 wait = verdict.retry_after
@@ -464,6 +551,16 @@ def _scrubbed(verdict: Verdict, secrets: tuple[str, ...]) -> Verdict:
         request_id=clean(error.request_id),
     )
     return replace(verdict, error=scrubbed)
+
+
+def _parts_to_fit(
+    request: Request, limiter: Limiter, split: Splitter | None
+) -> list[Request] | None:
+    """The request cut into packs that fit the server's window, if it does not."""
+    window = None if split is None else limiter.window_tokens()
+    if split is None or window is None or request.tokens <= window:
+        return None
+    return split(request, limiter.request_token_cap())
 
 
 def _usage(body: Any) -> Any:

@@ -19,12 +19,22 @@ On top of the configured pace the limiter follows the server:
 - ``x-ratelimit-remaining-*`` pushes ``tat`` out when the server holds less than the client
   thinks (other processes share the key, or the client's estimates run low);
 - a 429 starts a shared cool-down (``retry-after``) and cuts the pace to ``BACKOFF_RATE_FACTOR``
-  of itself; the pace climbs back by ``RATE_RECOVERY_PER_SECOND`` of the target per second.
+  of itself; the pace climbs back by ``RATE_RECOVERY_PER_SECOND`` of the target per second;
+- a request the server refused unprocessed gives its tokens back (:meth:`Limiter.give_back`).
+
+Nothing a server says is trusted blindly: counts outside [0, ``HEADER_MAX_COUNT``], durations
+that are negative or not finite and garbage are ignored or clamped when read, ``tat`` never
+runs more than ``LIMIT_WINDOW_MAX`` ahead of the clock, and no wait exceeds
+``LIMITER_MAX_WAIT`` (a window plus the longest retry-after honoured).
+
+A late event loop does not lose pace: ``tat`` may fall ``PACE_CATCH_UP`` behind the clock, so
+the requests that were due while the loop was busy go at once when it comes back.
 
 With no limits configured and no headers the limiter paces nothing; the concurrency window
 then does the careful start: one request until the first answer, then +1 per success (TCP's
 slow start) up to the in-flight cap while answers come back as fast as the first ones (once
-they slow down, the server is queueing), halved on a 429.
+they slow down, the server is queueing), halved on a 429. With limits, the window opens fully
+at the first answer; before it, it doubles each time the wait has doubled (``PROBE_GRACE``).
 """
 
 from __future__ import annotations
@@ -41,32 +51,51 @@ _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
 def parse_duration(text: str | None) -> float | None:
-    """Seconds in a Go-style duration as OpenAI sends it; ``None`` when unreadable.
+    """Seconds in a Go-style duration as OpenAI sends it; ``None`` when unreadable, negative
+    or not finite.
 
     >>> parse_duration("6m0s"), parse_duration("20ms"), parse_duration("2.188s")
     (360.0, 0.02, 2.188)
+    >>> parse_duration("-5"), parse_duration("inf"), parse_duration("nan")
+    (None, None, None)
     """
     if not text:
         return None
     text = text.strip()
+    seconds = _finite(text)  # a bare number is seconds
+    if seconds is None:
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            return None
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    return seconds if 0.0 <= seconds < math.inf else None
+
+
+def _finite(text: str) -> float | None:
+    """``text`` as a finite float, else None (``inf``, ``nan``, ``1e400``, ``abc``)."""
     try:
-        return float(text)  # a bare number is seconds
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
+        value = float(text)
+    except (TypeError, ValueError):
         return None
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    return value if math.isfinite(value) else None
 
 
-def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+def _limit_header(headers: Mapping[str, str], name: str) -> int | None:
+    """A per-minute limit: a finite number in [1, HEADER_MAX_COUNT], else None (ignored)."""
     value = headers.get(name)
-    if value is None:
+    number = None if value is None else _finite(value)
+    if number is None or not 1.0 <= number <= C.HEADER_MAX_COUNT:
         return None
-    try:
-        return int(float(value))
-    except ValueError:
+    return int(number)
+
+
+def _remaining_header(headers: Mapping[str, str], name: str) -> int | None:
+    """A count left: finite, clamped to [0, HEADER_MAX_COUNT] (a negative count is none left)."""
+    value = headers.get(name)
+    number = None if value is None else _finite(value)
+    if number is None:
         return None
+    return int(min(max(number, 0.0), C.HEADER_MAX_COUNT))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +129,12 @@ class RateHeaders:
             return None  # the common case for servers without limits: no parsing at all
 
         def budget(kind: str) -> Budget:
+            limit = _limit_header(headers, f"x-ratelimit-limit-{kind}")
+            remaining = _remaining_header(headers, f"x-ratelimit-remaining-{kind}")
+            if remaining is not None and limit is not None:
+                remaining = min(remaining, limit)  # never more left than the limit
             return Budget(
-                _int_header(headers, f"x-ratelimit-limit-{kind}"),
-                _int_header(headers, f"x-ratelimit-remaining-{kind}"),
-                parse_duration(headers.get(f"x-ratelimit-reset-{kind}")),
+                limit, remaining, parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
             )
 
         found = cls(budget("requests"), budget("tokens"))
@@ -149,29 +180,56 @@ class Pace:
             return 0.0
         return max(0.0, self.tat - now - self.allowed_debt(cost, rate))
 
-    def spend(self, cost: float, now: float) -> None:
+    def spend(self, cost: float, now: float) -> float:
+        """Charge ``cost`` units sent at ``now``; returns the seconds of pace they took."""
         self.sent += cost
         rate = self.rate
-        if rate is not None:
-            self.tat = max(self.tat, now) + cost / rate
+        if rate is None:
+            return 0.0
+        seconds = cost / rate
+        # tat may lag the clock by PACE_CATCH_UP: what a late loop missed is sent now, not
+        # lost; but never so far that this request and the burst allowance would overdraw
+        # the server's bucket (one second's share): ``slack`` is what the bucket leaves.
+        share = self.target or rate
+        slack = (share - min(cost, share)) / rate - C.BURST_SECONDS
+        floor = now - min(C.PACE_CATCH_UP, slack) if slack > 0.0 else now
+        start = self.tat if self.tat > floor else floor
+        self.tat = min(start + seconds, now + C.LIMIT_WINDOW_MAX)
+        return seconds
+
+    def give_back(self, cost: float, seconds: float, now: float) -> None:
+        """Undo a charge the server never made (``seconds`` as :meth:`spend` returned)."""
+        self.sent -= cost
+        if self.tat > now:
+            self.tat = max(now, self.tat - seconds)
+
+    def restart(self, at: float) -> None:
+        """No catching up across a cool-down: the pace starts again from ``at``."""
+        if self.rate is not None and self.tat < at:
+            self.tat = at
 
     def follow(self, budget: Budget, sent_then: float, sent_at: float, now: float) -> None:
         """Adopt the server's limit and never run ahead of what it says remains."""
         if budget.limit:
-            self.learned = budget.limit / 60.0 * C.HEADER_LIMIT_SHARE
+            self.learn(budget.limit)
         rate = self.rate
         if rate is None or budget.remaining is None or not budget.limit:
             return
         refill = budget.limit / 60.0
         # What the server holds now: what it said, less what we sent since, plus its refill.
         # (It may hold more than a second's share: refill until the reset it announced.)
-        full = max(refill, budget.remaining + (budget.reset or 0.0) * refill)
+        reset = min(budget.reset or 0.0, C.LIMIT_WINDOW_MAX)  # a minute refills it all
+        full = max(refill, budget.remaining + reset * refill)
         level = min(full, budget.remaining - (self.sent - sent_then) + (now - sent_at) * refill)
         # Let the client send about ``level`` units now, or, below one, wait for the refill.
         lag = (1.0 - level) / (refill if level < 1.0 else rate)
-        needed_tat = now + self.allowed_debt(1.0, rate) + lag
+        needed_tat = now + self.allowed_debt(1.0, rate) + min(lag, C.LIMIT_WINDOW_MAX)
         if needed_tat > self.tat:
             self.tat = needed_tat
+
+    def learn(self, per_minute: float) -> None:
+        """Pace under a limit the server announced (per minute), with a margin for skew."""
+        self.learned = per_minute / 60.0 * C.HEADER_LIMIT_SHARE
 
     def cut(self) -> None:
         # Under a limit the server announced, a 429 means a momentary burst (or another
@@ -191,6 +249,8 @@ class Ticket:
     sent_at: float
     requests_sent: float  # units sent so far, this request's included
     tokens_sent: float
+    tokens: float = 0.0  # this request's estimate ...
+    token_seconds: float = 0.0  # ... and the seconds of token pace it took
 
 
 class Limiter:
@@ -221,8 +281,10 @@ class Limiter:
         self._answered = 0
         self._min_rtt = math.inf
         self._window = 1.0  # one request until the server has answered once ...
-        # ... or, when limits were given, until PROBE_GRACE has passed: a refused key is
-        # answered at once, while a slow model must not hold the whole run back.
+        # ... or, when limits were given, doubling each time the wait doubles (PROBE_GRACE,
+        # then twice that...): a refused key is answered at once, and a slow first answer
+        # opens the window gradually, so the number of requests sent blind stays small.
+        self._probe_period = C.PROBE_GRACE
         self._probe_until = now + C.PROBE_GRACE if self._paced() else math.inf
 
     def __repr__(self) -> str:
@@ -240,13 +302,20 @@ class Limiter:
         return max(1, min(self.max_in_flight, int(self._window)))
 
     def probe_over(self, now: float) -> float | None:
-        """Seconds until the first request's grace ends and the window opens; None: never."""
+        """Seconds until the window next grows while no answer has come; None: it will not.
+
+        Before the first answer (with limits given) the window doubles at PROBE_GRACE, then
+        after twice as long again, and so on: 2 at 0.5 s, 4 at 1.5 s, 8 at 3.5 s.
+        """
         if self._answered or self._probe_until == math.inf:
             return None
-        if now >= self._probe_until:
-            self._window = self.max_in_flight
-            self._probe_until = math.inf
-            return None
+        while now >= self._probe_until:
+            self._window = min(self.max_in_flight, self._window * 2)
+            self._probe_period *= 2
+            self._probe_until += self._probe_period
+            if self._window >= self.max_in_flight:
+                self._probe_until = math.inf
+                return None
         return self._probe_until - now
 
     def delay(self, tokens: float, now: float) -> float:
@@ -260,12 +329,34 @@ class Limiter:
             self.tokens.delay(tokens, now),
         )
         # Below a microsecond is rounding, and sleeping it could spin on a clock that cannot tick.
-        return wait if wait > 1e-6 else 0.0
+        if wait <= 1e-6:
+            return 0.0
+        return wait if wait < C.LIMITER_MAX_WAIT else C.LIMITER_MAX_WAIT
 
     def on_send(self, tokens: float, now: float) -> Ticket:
         self.requests.spend(1, now)
-        self.tokens.spend(tokens, now)
-        return Ticket(now, self.requests.sent, self.tokens.sent)
+        seconds = self.tokens.spend(tokens, now)
+        return Ticket(now, self.requests.sent, self.tokens.sent, tokens, seconds)
+
+    def give_back(self, ticket: Ticket, now: float) -> None:
+        """The server refused that request without processing it: its tokens were never
+        charged, so they go back to the pace (the request still counts against RPM)."""
+        self.tokens.give_back(ticket.tokens, ticket.token_seconds, now)
+
+    def window_tokens(self) -> float | None:
+        """Tokens the server takes in its one-second window (TPM / 60, configured or
+        announced); a request over it never fits whole. None: unknown."""
+        return self.tokens.target
+
+    def request_token_cap(self) -> float | None:
+        """Most tokens a pack should carry: ``EMBED_PACK_WINDOW_SHARE`` of the window, so it
+        goes without waiting for an exactly full bucket. None: unknown."""
+        target = self.tokens.target
+        return None if target is None else max(1.0, target * C.EMBED_PACK_WINDOW_SHARE)
+
+    def learn_token_limit(self, per_minute: int) -> None:
+        """A TPM limit read from a 429's message ("Limit X, ..."), as x-ratelimit-limit-tokens."""
+        self.tokens.learn(per_minute)
 
     def on_response(self, ticket: Ticket, headers: RateHeaders | None, now: float) -> None:
         """An answer that was not a 429 (success or any other error)."""
@@ -288,11 +379,17 @@ class Limiter:
     ) -> None:
         """A 429: cool down everyone, and cut the pace once per cool-down."""
         self._answered += 1
-        wait = retry_after if retry_after is not None else C.DEFAULT_COOL_DOWN
+        wait = C.DEFAULT_COOL_DOWN
+        if retry_after is not None and 0.0 < retry_after <= C.RETRY_AFTER_MAX:  # NaN: no
+            wait = retry_after
         self.cool_down_until = max(self.cool_down_until, now + wait)
+        self.requests.restart(self.cool_down_until)
+        self.tokens.restart(self.cool_down_until)
         if headers is not None:
             self.requests.follow(headers.requests, ticket.requests_sent, ticket.sent_at, now)
             self.tokens.follow(headers.tokens, ticket.tokens_sent, ticket.sent_at, now)
+        if self._answered == 1 and self._paced():
+            self._window = self.max_in_flight  # an answer: the key works, the pace rules
         # Answers to requests sent before the last cut say nothing new about the new pace.
         if ticket.sent_at < self._last_cut:
             return

@@ -24,6 +24,18 @@ an answer over a size cap (``too_large``) FAIL_ROW: the same request gets it aga
 
 ``x-should-retry: true|false`` overrides RETRY / FAIL_ROW, as in the SDK (never ABORT).
 
+A 4xx other than 408, 409 and a rate-limit 429 means the server refused the request as it
+came in, without processing it (``Verdict.refused``): 400 invalid or over the context, 413 too
+large, 422 unprocessable, 403/404, and the 429 "Request too large" (more than the whole TPM).
+Its tokens were never charged, so the limiter gets them back. 408 and 409 may come after the
+work began, 5xx, timeouts and dropped connections may have done it, and a rate-limit 429 counts
+against the limits by OpenAI's guide ("failed requests count"): those stay charged.
+
+A TPM 429's message carries ``Limit X, Used Y, Requested Z``: X is learned like an
+``x-ratelimit-limit-tokens`` header, and a request over one second's share of it (Z > X / 60,
+or "Request too large") is ``oversized``: a server enforcing TPM over 1 s windows never takes
+it whole, so a front end that can split it (packed embeddings) splits it.
+
 Backoff is full jitter: ``wait = u * min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1))`` with
 ``u`` uniform in [0, 1), unless the server said how long (retry-after-ms, then retry-after,
 honoured up to ``RETRY_AFTER_MAX``).
@@ -57,6 +69,7 @@ QUOTA_CODES = frozenset(
 _TRY_AGAIN_IN = re.compile(
     r"(?:try again in|retry after)\s+(\d+(?:\.\d+)?)\s*(ms|s|seconds?)\b", re.I
 )
+_FIGURES = re.compile(r"Limit (\d{1,15}),(?: Used (\d{1,15}),)? Requested (\d{1,15})\b")
 
 
 class InvalidAnswer(ValueError):
@@ -94,6 +107,9 @@ class Verdict:
     retry_after: float | None = None  # seconds the server asked for
     rate_limited: bool = False  # a 429 that should slow the whole run
     abort: type[RunAbortedError] | None = None
+    refused: bool = False  # refused unprocessed: its tokens were never charged
+    tokens_limit: int | None = None  # a TPM 429's "Limit X"
+    oversized: bool = False  # larger than the server takes at once: split it if possible
     value: Any = None  # what the answer check made of the body (e.g. the decoded vectors)
 
 
@@ -115,7 +131,7 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
         except ValueError:
             try:
                 when = parsedate_to_datetime(value).timestamp()
-            except (TypeError, ValueError, IndexError):
+            except (TypeError, ValueError, IndexError, OverflowError):
                 when = None
             if when is not None and now is not None:
                 wait = when - now
@@ -306,12 +322,23 @@ def classify_response(
         return Verdict(Action.ABORT, error=info, abort=ModelNotFoundError)
 
     if status == 429:
+        limit, requested = _token_figures(info)
         if "request too large" in info.message.lower():
-            return Verdict(Action.FAIL_ROW, error=info)
+            return Verdict(
+                Action.FAIL_ROW, error=info, refused=True, tokens_limit=limit, oversized=True
+            )
         if retry_after is None and (m := _TRY_AGAIN_IN.search(info.message)):
             seconds = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
             retry_after = seconds if 0 < seconds <= C.RETRY_AFTER_MAX else None
-        return Verdict(Action.RETRY, error=info, retry_after=retry_after, rate_limited=True)
+        oversized = limit is not None and requested is not None and requested * 60 > limit
+        return Verdict(
+            Action.RETRY,
+            error=info,
+            retry_after=retry_after,
+            rate_limited=True,
+            tokens_limit=limit,
+            oversized=oversized,
+        )
 
     action = Action.RETRY if status in (408, 409) or status >= 500 else Action.FAIL_ROW
     should = headers.get("x-should-retry")
@@ -319,7 +346,32 @@ def classify_response(
         action = Action.RETRY
     elif should == "false":
         action = Action.FAIL_ROW
-    return Verdict(action, error=info, retry_after=retry_after if action is Action.RETRY else None)
+    return Verdict(
+        action,
+        error=info,
+        retry_after=retry_after if action is Action.RETRY else None,
+        refused=400 <= status < 500 and status not in (408, 409),
+    )
+
+
+def _token_figures(info: ErrorInfo) -> tuple[int | None, int | None]:
+    """(Limit, Requested) of a TPM 429's message, each in [1, HEADER_MAX_COUNT] or None.
+
+    >>> _token_figures(ErrorInfo(429, None, "Rate limit reached for m on tokens per min "
+    ...     "(TPM): Limit 30000, Used 28039, Requested 3906. Please try again in 3.89s."))
+    (30000, 3906)
+    """
+    message = info.message
+    if info.type != "tokens" and "tokens per min" not in message and "TPM" not in message:
+        return None, None
+    m = _FIGURES.search(message)
+    if m is None:
+        return None, None
+    limit, requested = int(m.group(1)), int(m.group(3))
+    return (
+        limit if 1 <= limit <= C.HEADER_MAX_COUNT else None,
+        requested if 1 <= requested <= C.HEADER_MAX_COUNT else None,
+    )
 
 
 def classify_exception(kind: str, message: str) -> Verdict:

@@ -34,7 +34,11 @@ from .constants import (
     COMPLETIONS_DEFAULT_MAX_TOKENS,
     DEFAULT_CHAT_ENCODING,
     DEFAULT_COMPLETION_TOKENS,
+    DEFAULT_CONTEXT_TOKENS,
     DEFAULT_EMBEDDING_ENCODING,
+    EMBED_MAX_INPUT_TOKENS,
+    EMBED_MAX_REQUEST_TOKENS,
+    MODEL_CONTEXT_TOKENS,
     NON_TEXT_PART_TOKENS,
     TOKEN_MEMO_CHARS,
 )
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "chat_prompt_tokens",
+    "context_tokens",
     "count_text",
     "count_texts",
     "encoding_name_for_model",
@@ -130,6 +135,26 @@ def encoding_name_for_model(model: str) -> str:
     if not isinstance(model, str):
         return DEFAULT_CHAT_ENCODING
     return _known_encoding(model) or DEFAULT_CHAT_ENCODING
+
+
+_CONTEXT_PREFIXES = sorted(MODEL_CONTEXT_TOKENS.items(), key=lambda kv: -len(kv[0]))
+
+
+@lru_cache(maxsize=256)
+def context_tokens(model: str) -> int:
+    """The context window of ``model``: the longest prefix in MODEL_CONTEXT_TOKENS, else
+    DEFAULT_CONTEXT_TOKENS (an embedding model's is one input's limit).
+
+    >>> context_tokens("gpt-4o-mini"), context_tokens("gpt-4"), context_tokens("my-deployment")
+    (128000, 8192, 128000)
+    """
+    name = _base_model(model)
+    for prefix, size in _CONTEXT_PREFIXES:
+        if name.startswith(prefix):
+            return size
+    if "embed" in name:
+        return EMBED_MAX_INPUT_TOKENS
+    return DEFAULT_CONTEXT_TOKENS
 
 
 # --------------------------------------------------------------------------- loading
@@ -416,6 +441,19 @@ def _inputs_tokens(value: Any, encoding_name: str) -> tuple[int, int]:
     return count_text(_as_text(value), encoding_name), 1
 
 
+def _embedding_tokens(value: Any, encoding_name: str) -> int:
+    """Tokens of an embeddings ``input``, each input counted at most EMBED_MAX_INPUT_TOKENS
+    (a longer one is refused unprocessed)."""
+    cap = EMBED_MAX_INPUT_TOKENS
+    if isinstance(value, str):
+        return min(count_text(value, encoding_name), cap)
+    if isinstance(value, list | tuple) and value and all(type(item) is str for item in value):
+        return sum(n if n < cap else cap for n in count_texts(list(value), encoding_name))
+    if isinstance(value, list | tuple) and not _is_token_ids(value):
+        return sum(min(_inputs_tokens(item, encoding_name)[0], cap) for item in value)
+    return min(_inputs_tokens(value, encoding_name)[0], cap)
+
+
 def _generic_tokens(body: Any) -> int:
     """Tokens of a body no rule knows: its JSON length / CHARS_PER_TOKEN_FALLBACK."""
     return _estimate(_as_text(body))
@@ -446,12 +484,37 @@ def estimate_request_tokens(
     >>> estimate_request_tokens("/embeddings", {"model": "text-embedding-3-small",
     ...                                         "input": ["hello world", [1, 2, 3]]})
     5
+
+    The estimate never exceeds what a request the server accepts can cost: n x the model's
+    context window (:func:`context_tokens`; for each prompt of a legacy completions request),
+    and for embeddings EMBED_MAX_INPUT_TOKENS per input and EMBED_MAX_REQUEST_TOKENS in all.
+    A larger request is refused unprocessed, so charging its full size against TPM would only
+    hold back the rows after it (a 2 MB prompt: minutes).
     """
     try:
-        return _estimate_request_tokens(endpoint, body, encoding_name)
+        estimate = _estimate_request_tokens(endpoint, body, encoding_name)
     except Exception:  # a count must never stop a run; odd bodies get the generic estimate
         logger.debug("dfbatch: token estimate fell back to the body's length", exc_info=True)
-        return _generic_tokens(body)
+        estimate = _generic_tokens(body)
+    try:
+        return min(estimate, _largest_request(endpoint, body))
+    except Exception:  # odd bodies: no cap
+        return estimate
+
+
+def _largest_request(endpoint: str, body: Mapping[str, Any]) -> int:
+    """The most tokens a request to ``endpoint`` with ``body``'s model may be charged."""
+    kind = _endpoint_kind(endpoint) if isinstance(endpoint, str) else None
+    if kind == "embeddings":
+        return EMBED_MAX_REQUEST_TOKENS
+    model = body.get("model")
+    window = context_tokens(model) if isinstance(model, str) else DEFAULT_CONTEXT_TOKENS
+    n = _int_or_none(body.get("n")) or 1
+    if kind == "completions":
+        prompt = body.get("prompt")
+        prompts = len(prompt) if isinstance(prompt, list) and not _is_token_ids(prompt) else 1
+        n = max(n, _first_int(body, ("best_of",), 1)) * max(prompts, 1)
+    return n * window
 
 
 def _estimate_request_tokens(
@@ -471,7 +534,7 @@ def _estimate_request_tokens(
         )
 
     if kind == "embeddings":
-        return _inputs_tokens(body.get("input"), encoding_name)[0]
+        return _embedding_tokens(body.get("input"), encoding_name)
 
     if kind == "chat":
         count = _entry(encoding_name)[1]

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..cache.store import request_key
+from ..engine import constants as C
 from ..engine.checks import check_number, check_whole
 from ..engine.errors import ConfigurationError, RowsFailedError
 from ..engine.prices import PER_TOKENS, price_for, usage_cost
@@ -140,8 +141,11 @@ async def embed_values(
                 cache.maybe_flush()
             return done
 
+        # A pack fits in what the server takes at once (the engine also splits one that
+        # does not, once the server has told the limit).
+        share = options.tpm / 60.0 * C.EMBED_PACK_WINDOW_SHARE if options.tpm else None
         figures = await execute(
-            job.requests(batch_size=batch_size, encoding_format="base64"),
+            job.requests(batch_size=batch_size, encoding_format="base64", max_tokens=share),
             on_outcome,
             options=options,
             total_rows=job.n_rows,
@@ -153,6 +157,7 @@ async def embed_values(
             endpoint=ENDPOINT_EMBED,
             model=model,
             cache=cache,
+            split=job.split,
         )
         if as_floats:  # the server does not do base64: ask again for floats
             log.info("the server refused base64 embeddings; asking for floats")
@@ -169,6 +174,7 @@ async def embed_values(
                 options=options,
                 total_rows=None,
                 desc=f"embed {model} (floats)",
+                split=job.split,
             )
             figures = _merge(figures, more)
     finally:

@@ -182,9 +182,20 @@ class EmbedJob:
         self.cached += rows
         return rows
 
-    def requests(self, *, batch_size: int | None, encoding_format: str | None) -> Iterator[Request]:
-        """Pack the texts still missing into requests, by count and by tokens."""
+    def requests(
+        self,
+        *,
+        batch_size: int | None,
+        encoding_format: str | None,
+        max_tokens: float | None = None,
+    ) -> Iterator[Request]:
+        """Pack the texts still missing into requests, by count and by tokens: at most
+        EMBED_MAX_REQUEST_TOKENS, and ``max_tokens`` when given (what the server takes at once:
+        ``EMBED_PACK_WINDOW_SHARE`` of one second's share of its TPM)."""
         size = min(batch_size or C.EMBED_MAX_INPUTS, C.EMBED_MAX_INPUTS)
+        limit: float = C.EMBED_MAX_REQUEST_TOKENS
+        if max_tokens is not None:
+            limit = min(limit, max_tokens)
         batch: list[int] = []
         tokens = 0
         rid = 0
@@ -192,7 +203,7 @@ class EmbedJob:
             if self.have[u] or not self.rows_of[u]:  # type: ignore[index]
                 continue
             n = self.tokens[u]
-            if batch and (len(batch) >= size or tokens + n > C.EMBED_MAX_REQUEST_TOKENS):
+            if batch and (len(batch) >= size or tokens + n > limit):
                 yield self._request(rid, batch, tokens, encoding_format)
                 rid += 1
                 batch, tokens = [], 0
@@ -201,8 +212,34 @@ class EmbedJob:
         if batch:
             yield self._request(rid, batch, tokens, encoding_format)
 
+    def split(self, request: Request, max_tokens: float | None) -> list[Request] | None:
+        """``request``'s inputs as smaller requests, in order: each of at most ``max_tokens``
+        (or halves, when None or when that would not cut it); None for a single input. The
+        engine calls it for a pack the server cannot take at once."""
+        batch: list[int] = request.meta
+        if len(batch) < 2:
+            return None
+        groups: list[list[int]] = []
+        if max_tokens is not None:
+            tokens = 0.0
+            for u in batch:
+                n = self.tokens[u]
+                if not groups or tokens + n > max_tokens:
+                    groups.append([])
+                    tokens = 0.0
+                groups[-1].append(u)
+                tokens += n
+        if len(groups) < 2:
+            half = len(batch) // 2
+            groups = [batch[:half], batch[half:]]
+        fmt = request.body.get("encoding_format")
+        return [
+            self._request((request.id, i), g, sum(self.tokens[u] for u in g), fmt)
+            for i, g in enumerate(groups)
+        ]
+
     def _request(
-        self, rid: int, batch: list[int], tokens: int, encoding_format: str | None
+        self, rid: Any, batch: list[int], tokens: int, encoding_format: str | None
     ) -> Request:
         body: dict[str, Any] = {"model": self.model, "input": [self.texts[u] for u in batch]}
         if self.dimensions is not None:

@@ -16,7 +16,7 @@ from typing import Any
 from ..engine import constants as C
 from ..engine.checks import check_number, check_whole
 from ..engine.config import ApiConfig
-from ..engine.core import Engine, run_stats_summary
+from ..engine.core import Engine, Splitter, run_stats_summary
 from ..engine.errors import ConfigurationError
 from ..engine.prices import budget_needs_price, parse_price
 from ..engine.transport import Transport
@@ -163,8 +163,10 @@ async def execute(
     endpoint: str | None = None,
     model: str | None = None,
     cache: Any = None,
+    split: Splitter | None = None,
 ) -> dict[str, Any]:
     """Send ``requests``; ``on_outcome`` returns (rows finished, rows failed) for each outcome.
+    ``split`` cuts a request too large for the server's window (see ``Engine.run``).
 
     Returns the run's figures (for ``DataFrame.attrs`` and the summary, with the run's
     ``timeline`` for its report). With
@@ -201,7 +203,7 @@ async def execute(
         progress.show(engine.stats, engine.stats.finished or _now())
 
     try:
-        stats = await engine.run(requests, handle)
+        stats = await engine.run(requests, handle, split=split)
         progress.show(stats, stats.finished or 0.0, force=True)
     finally:
         progress.close()

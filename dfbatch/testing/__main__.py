@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tpm", type=float, default=None, help="tokens per minute (default: unlimited)")
     p.add_argument(
+        "--strict-windows",
+        action="store_true",
+        help="refuse (429) every request of more tokens than one second's share of --tpm",
+    )
+    p.add_argument(
         "--latency",
         type=parse_latency,
         default=0.0,
@@ -98,6 +103,7 @@ async def serve(args: argparse.Namespace) -> None:
     sim = Simulator(
         rpm=args.rpm,
         tpm=args.tpm,
+        strict_windows=args.strict_windows,
         latency=args.latency,
         faults=Faults(
             error_5xx=args.error_5xx, reset=args.reset, non_json=args.non_json, hang=args.hang

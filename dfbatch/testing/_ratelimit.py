@@ -122,6 +122,10 @@ class Admission:
 class RateLimiter:
     """RPM and TPM buckets together; either limit may be None (unlimited).
 
+    ``strict=True`` refuses a request of more tokens than one second's share (TPM / 60) with
+    a rate-limit 429 every time, as a server enforcing TPM over 1 s windows strictly does,
+    instead of admitting it into a full bucket (in debt).
+
     >>> t = [0.0]
     >>> lim = RateLimiter(rpm=60, tpm=600, clock=lambda: t[0])
     >>> lim.admit(5).admitted, lim.admit(5)
@@ -131,9 +135,15 @@ class RateLimiter:
     """
 
     def __init__(
-        self, rpm: float | None = None, tpm: float | None = None, *, clock: Clock = time.monotonic
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        strict: bool = False,
     ) -> None:
         self.clock = clock
+        self.strict = strict
         self.requests = TokenBucket(rpm, clock=clock) if rpm else None
         self.tokens = TokenBucket(tpm, clock=clock) if tpm else None
 
@@ -148,6 +158,12 @@ class RateLimiter:
         rb, tb = self.requests, self.tokens
         if tb is not None and tokens > tb.limit:
             return Admission(False, "too_large", 0.0, int(tb.limit), 0, tokens)
+        if self.strict and tb is not None and tokens > tb.capacity:
+            used = round(tb.limit - max(tb.refill(now), 0.0) * 60.0)
+            wait = max(tb.reset_time(now), 0.001)
+            return Admission(
+                False, "tokens", wait, int(tb.limit), min(max(used, 0), int(tb.limit)), tokens
+            )
         r_wait = rb.wait_time(1, now) if rb is not None else 0.0
         t_wait = tb.wait_time(tokens, now) if tb is not None else 0.0
         if r_wait > 0.0 or t_wait > 0.0:

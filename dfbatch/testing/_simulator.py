@@ -119,6 +119,8 @@ class Simulator:
     Args:
         rpm, tpm: requests / tokens per minute, enforced as per-second token buckets
             (None: unlimited). See :mod:`dfbatch.testing._ratelimit`.
+        strict_windows: refuse (429, every time) a request of more tokens than one second's
+            share of ``tpm``, instead of admitting it when the bucket is full.
         latency: seconds before answering an admitted request (see :data:`Latency`).
         faults: :class:`Faults` probabilities, drawn after rate-limit admission.
         hang_seconds: how long a ``hang`` fault holds the request.
@@ -150,6 +152,7 @@ class Simulator:
         *,
         rpm: float | None = None,
         tpm: float | None = None,
+        strict_windows: bool = False,
         latency: Latency = 0.0,
         faults: Faults | None = None,
         hang_seconds: float = 3600.0,
@@ -183,7 +186,8 @@ class Simulator:
         self.organization = organization
         self.clock = clock
         self.stats = SimStats()
-        self.limiter = RateLimiter(rpm, tpm, clock=clock)
+        self.strict_windows = strict_windows
+        self.limiter = RateLimiter(rpm, tpm, clock=clock, strict=strict_windows)
         self.fault_rng = random.Random(seed)
         self.latency_rng = random.Random(seed + 1)
         self.shuffle_rng = random.Random(seed + 2)
@@ -244,7 +248,7 @@ class Simulator:
     # ----------------------------------------------------------------- control
     def set_limits(self, rpm: float | None = None, tpm: float | None = None) -> None:
         """Replace the RPM/TPM limits (new buckets, full)."""
-        self.limiter = RateLimiter(rpm, tpm, clock=self.clock)
+        self.limiter = RateLimiter(rpm, tpm, clock=self.clock, strict=self.strict_windows)
 
     def reset_stats(self, *, refill: bool = False) -> None:
         """Zero the counters (``refill=True`` also refills the rate-limit buckets)."""

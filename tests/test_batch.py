@@ -54,9 +54,15 @@ def frame(n: int = 40) -> pd.DataFrame:
 
 
 def same_frames(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """``a`` (through the Batch API) is ``b`` (online), but for its cost: half the price."""
     assert list(a.columns) == list(b.columns)
     assert a.index.equals(b.index)
     for col in a.columns:
+        if col.endswith("_cost_usd"):
+            halved = a[col].astype("Float64").to_numpy(float, na_value=np.nan) * 2
+            online = b[col].astype("Float64").to_numpy(float, na_value=np.nan)
+            assert np.allclose(halved, online, equal_nan=True), col
+            continue
         for x, y in zip(a[col], b[col], strict=True):
             if isinstance(x, np.ndarray):
                 assert x.dtype == np.float32 and np.array_equal(x, y)

@@ -20,7 +20,7 @@ from ..cache.store import request_key
 from ..engine import constants as C
 from ..engine.checks import check_number, check_whole
 from ..engine.errors import ConfigurationError, RowsFailedError
-from ..engine.prices import PER_TOKENS, price_for, usage_cost
+from ..engine.prices import PER_TOKENS, usage_cost
 from ..engine.tokens import estimate_request_tokens
 from ..engine.types import Outcome, Request
 from ..jobs import chat as _chat
@@ -184,7 +184,7 @@ async def embed_values(
     columns: dict[str, Any] = {output: job.column(), f"{output}_error": job.error_column()}
     if usage:
         columns[f"{output}_tokens"] = job.row_tokens()
-        price = price_for(model, options.price)
+        price = options.price_of(model)
         columns[f"{output}_cost_usd"] = (
             job.row_tokens() * (price.input / PER_TOKENS)
             if price is not None
@@ -381,7 +381,7 @@ async def complete_frame(
     prompt_tokens = np.full(rows, None, dtype=object)
     completion_tokens = np.full(rows, None, dtype=object)
     costs = np.full(rows, None, dtype=object)
-    price = price_for(model, options.price)
+    price = options.price_of(model)
     plan = plan_chat(
         frame,
         prompt,

@@ -30,7 +30,12 @@ NO_KEY = "unused: an estimate sends nothing"
 
 def _builder(model: str, options: RunOptions) -> EstimateBuilder:
     return EstimateBuilder(
-        model, price=options.price, rpm=options.rpm, tpm=options.tpm, budget=options.budget
+        model,
+        price=options.price,
+        rpm=options.rpm,
+        tpm=options.tpm,
+        budget=options.budget,
+        backend=options.backend,
     )
 
 

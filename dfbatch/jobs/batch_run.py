@@ -6,15 +6,20 @@ front end's packing, cache lookups and ``on_outcome`` are the ones it uses onlin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..batch.backend import BatchRun
 from ..batch.lines import BatchLines
 from ..cache.batch_record import BatchRecord
+from ..engine.budget import output_bound
 from ..engine.errors import ConfigurationError
-from ..engine.types import Outcome, Request
+from ..engine.prices import Price, format_usd, usage_cost, worst_cost
+from ..engine.types import BUDGET_REACHED, ErrorInfo, Outcome, Request
 from .progress import Progress
+
+log = logging.getLogger(__name__)
 
 NO_CACHE = (
     "backend='batch' keeps its record of submitted batches (so that nothing is lost or paid "
@@ -45,7 +50,11 @@ async def execute_batch(
     progress = Progress(total_rows, enabled=options.progress, desc=f"{desc} (batch)")
     progress.advance(rows_done, failed=rows_failed, cached=rows_cached)
 
+    price = options.price_of(model)  # the Batch API's: half the online price
+    ledger = _Ledger(price)
+
     def handle(outcome: Outcome) -> None:
+        ledger.add(outcome)
         done, failed = on_outcome(outcome)
         progress.advance(done, failed=failed)
 
@@ -61,11 +70,99 @@ async def execute_batch(
         on_status=progress.show_batches,
     )
     try:
-        figures = await run.run(requests, wait=options.wait)
+        if options.budget is None:
+            figures = await run.run(requests, wait=options.wait)
+        else:
+            figures = await _within_budget(run, requests, options, ledger, handle)
     finally:
         progress.close()
         record.close()
+    figures["cost_usd"] = ledger.spent
+    if options.budget is not None:
+        figures["budget_usd"] = options.budget
     figures["rows"] = total_rows
     figures["rows_failed"] = progress.failed
     figures["rows_from_cache"] = progress.cached
     return figures
+
+
+class _Ledger:
+    """What the call's own answers cost at the Batch API's price (None: no price known)."""
+
+    def __init__(self, price: Price | None) -> None:
+        self.price = price
+        self.spent: float | None = None if price is None else 0.0
+
+    def add(self, outcome: Outcome) -> None:
+        if self.price is not None and self.spent is not None and outcome.ok:
+            usage = outcome.response.get("usage") if isinstance(outcome.response, dict) else None
+            self.spent += usage_cost(self.price, usage)
+
+    def worst(self, request: Request) -> float:
+        """A request's worst case: its input tokens and its output bound, at the price."""
+        assert self.price is not None
+        bound = output_bound(request.endpoint, request.body)
+        return worst_cost(self.price, max(0, request.tokens - bound), bound)
+
+
+async def _within_budget(
+    run: BatchRun,
+    requests: Iterable[Request],
+    options: Any,
+    ledger: _Ledger,
+    handle: Callable[[Outcome], None],
+) -> dict[str, Any]:
+    """Submit in waves whose worst cases fit in what the budget has left, each settled with
+    its answers' real cost before the next: the spend never passes the budget, and the run
+    stops only when the next request's worst case does not fit in what is left (so with
+    requests of at most a tenth of the budget, at least 90% of it is spent)."""
+    if not options.wait:
+        raise ConfigurationError(
+            "budget= with backend='batch' needs wait=True: the budget is settled with each "
+            "wave's real cost before the next wave is submitted"
+        )
+    assert ledger.price is not None  # check_price made sure of it
+    budget = float(options.budget)
+    stream = iter(requests)
+    ahead = next(stream, None)
+    figures: dict[str, Any] | None = None
+    while ahead is not None:
+        left = budget - (ledger.spent or 0.0)
+        wave: list[Request] = []
+        held = 0.0
+        while ahead is not None:
+            worst = ledger.worst(ahead)
+            if held + worst > left * (1 + 1e-12):
+                break
+            wave.append(ahead)
+            held += worst
+            ahead = next(stream, None)
+        if not wave:  # the next request alone could pass the budget: nothing more is sent
+            _refuse_rest(ahead, stream, ledger, budget, handle)
+            break
+        figures = await run.run(wave, wait=True)
+    return figures if figures is not None else run.counts.figures()
+
+
+def _refuse_rest(
+    first: Request | None,
+    stream: Iterator[Request],
+    ledger: _Ledger,
+    budget: float,
+    handle: Callable[[Outcome], None],
+) -> None:
+    spent = ledger.spent or 0.0
+    log.warning(
+        "budget reached: %s of the %s budget spent at the Batch API's price; nothing more is "
+        "submitted. Rerun with a higher budget= to send the rows left.",
+        format_usd(spent),
+        format_usd(budget),
+    )
+    message = (
+        f"budget reached: {format_usd(spent)} of the {format_usd(budget)} budget spent, this "
+        "row was not sent (rerun with a higher budget= to send it)"
+    )
+    request = first
+    while request is not None:
+        handle(Outcome(request, error=ErrorInfo(None, BUDGET_REACHED, message)))
+        request = next(stream, None)

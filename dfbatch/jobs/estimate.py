@@ -12,7 +12,9 @@ result is an ``Estimate``: plain attributes, ``str()`` as text and an HTML table
 - cost: low = input + expected output (input only without a basis), high = input + the bound;
   unknown (None) when the model has no price and no ``price=`` was given;
 - time: the shortest the limits allow (requests / RPM, tokens charged / TPM), with the limits
-  given, else the ones OpenAI documents for its lowest paid tier, else unknown.
+  given, else the ones OpenAI documents for its lowest paid tier, else unknown;
+- ``backend="batch"``: the cost at the Batch API's price, with the online price beside it, and
+  no shortest time (the Batch API answers within its 24 h window, on a quota of its own).
 """
 
 from __future__ import annotations
@@ -45,26 +47,46 @@ class Estimate:
     tpm: float | None = None
     limits_source: str | None = None  # "given", "OpenAI tier 1", or None
     budget_usd: float | None = None
+    backend: str = "online"  # "batch": the Batch API's price applies
+
+    def _cost(self, price: Price | None, output_tokens: int) -> float | None:
+        if self.requests == 0:
+            return 0.0
+        if price is None:
+            return None
+        return tokens_cost(price, self.input_tokens, output_tokens)
+
+    @property
+    def online_cost_usd_low(self) -> float | None:
+        return self._cost(self.price, self.expected_output_tokens or 0)
+
+    @property
+    def online_cost_usd_high(self) -> float | None:
+        return self._cost(self.price, self.max_output_tokens)
+
+    @property
+    def batch_cost_usd_low(self) -> float | None:
+        return self._cost(self.price and self.price.batch(), self.expected_output_tokens or 0)
+
+    @property
+    def batch_cost_usd_high(self) -> float | None:
+        return self._cost(self.price and self.price.batch(), self.max_output_tokens)
 
     @property
     def cost_usd_low(self) -> float | None:
-        if self.requests == 0:
-            return 0.0
-        if self.price is None:
-            return None
-        return tokens_cost(self.price, self.input_tokens, self.expected_output_tokens or 0)
+        """The low cost on the run's backend (the Batch API's price with ``backend="batch"``)."""
+        return self.batch_cost_usd_low if self.backend == "batch" else self.online_cost_usd_low
 
     @property
     def cost_usd_high(self) -> float | None:
-        if self.requests == 0:
-            return 0.0
-        if self.price is None:
-            return None
-        return tokens_cost(self.price, self.input_tokens, self.max_output_tokens)
+        return self.batch_cost_usd_high if self.backend == "batch" else self.online_cost_usd_high
 
     @property
     def min_seconds(self) -> float | None:
-        """The shortest time the limits allow: requests over RPM, charged tokens over TPM."""
+        """The shortest time the limits allow: requests over RPM, charged tokens over TPM
+        (None with the Batch API: it answers within its window, on a quota of its own)."""
+        if self.backend == "batch":
+            return None
         times = []
         if self.rpm:
             times.append(self.requests / self.rpm * 60.0)
@@ -81,6 +103,7 @@ class Estimate:
             tpm=self.tpm,
             limits_source=self.limits_source,
             budget_usd=self.budget_usd,
+            backend=self.backend,
         )
         for name in (
             "rows",
@@ -111,6 +134,15 @@ class Estimate:
             "cost_usd_high": self.cost_usd_high,
             "min_seconds": self.min_seconds,
             "budget_usd": self.budget_usd,
+            "backend": self.backend,
+            **(
+                {
+                    "online_cost_usd_low": self.online_cost_usd_low,
+                    "online_cost_usd_high": self.online_cost_usd_high,
+                }
+                if self.backend == "batch"
+                else {}
+            ),
         }
 
     def _lines(self) -> list[tuple[str, str]]:
@@ -126,7 +158,9 @@ class Estimate:
             if self.expected_output_tokens is not None
             else "no basis (no answers in the cache for this call)"
         )
-        if self.min_seconds is None:
+        if self.backend == "batch":
+            time = "within 24 h (the Batch API's window, on a quota of its own)"
+        elif self.min_seconds is None:
             time = "unknown: pass rpm= / tpm= (your account's limits)"
         else:
             limits = ", ".join(
@@ -146,8 +180,7 @@ class Estimate:
             ("input tokens", f"{self.input_tokens:,}"),
             ("output tokens, at most", f"{self.max_output_tokens:,}"),
             ("output tokens, expected", expected),
-            ("cost, low", usd(self.cost_usd_low)),
-            ("cost, high", usd(self.cost_usd_high)),
+            *self._cost_lines(usd),
             ("shortest time", time),
         ]
         if self.budget_usd is not None:
@@ -159,6 +192,19 @@ class Estimate:
             )
             lines.append(("budget", f"{format_usd(self.budget_usd)} ({verdict})"))
         return lines
+
+    def _cost_lines(self, usd: Any) -> list[tuple[str, str]]:
+        if self.backend != "batch":
+            return [("cost, low", usd(self.cost_usd_low)), ("cost, high", usd(self.cost_usd_high))]
+
+        # both prices side by side: what the wait saves
+        def both(batch: float | None, online: float | None) -> str:
+            return f"{usd(batch)} Batch API | {usd(online)} online"
+
+        return [
+            ("cost, low", both(self.batch_cost_usd_low, self.online_cost_usd_low)),
+            ("cost, high", both(self.batch_cost_usd_high, self.online_cost_usd_high)),
+        ]
 
     def __str__(self) -> str:
         lines = self._lines()
@@ -202,13 +248,14 @@ class EstimateBuilder:
     tpm: float | None = None
     budget: float | None = None
     limits_source: str = "given"  # how the rpm/tpm passed came about, for the text
+    backend: str = "online"
     estimate: Estimate = field(init=False)
     _answered: int = 0  # cached answers seen, and their output tokens: the expected basis
     _answered_output: int = 0
     _models: set[str] = field(default_factory=set)  # other models met (dfbatch run files)
 
     def __post_init__(self) -> None:
-        self.estimate = Estimate(self.model, budget_usd=self.budget)
+        self.estimate = Estimate(self.model, budget_usd=self.budget, backend=self.backend)
 
     def add(self, request: Request, rows: int = 1) -> None:
         """One request the run would send, for ``rows`` rows."""

@@ -18,7 +18,7 @@ from ..engine.checks import check_number, check_whole
 from ..engine.config import ApiConfig
 from ..engine.core import Engine, Splitter, run_stats_summary
 from ..engine.errors import ConfigurationError
-from ..engine.prices import budget_needs_price, parse_price
+from ..engine.prices import Price, budget_needs_price, parse_price, price_for
 from ..engine.transport import Transport
 from ..engine.types import Outcome, Request
 from .progress import Progress
@@ -122,6 +122,12 @@ class RunOptions:
         """With ``budget=``, the model's price must be known: else fail before any request."""
         if self.budget is not None:
             budget_needs_price(model, self.price)
+
+    def price_of(self, model: Any) -> Price | None:
+        """What this run pays per 1M tokens of ``model``: the table's or ``price=`` (an
+        online price), at the Batch API's discount with ``backend="batch"``; None: unknown."""
+        price = price_for(model, self.price)
+        return price.batch() if price is not None and self.backend == "batch" else price
 
     def open_cache(self) -> Any:
         """The response cache to use, or ``None`` (``cache=False``)."""

@@ -36,6 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import _usage
 from ._answers import expected_completion, expected_embeddings, input_texts, last_user_text
 from ._checks import (
     ApiError,
@@ -199,7 +200,9 @@ class BatchStore:
         batch_seconds: float = 2.0,
         seed: int = 0,
         organization: str = "org-sim",
+        usage: str = "words",
     ) -> None:
+        self.usage = usage  # billed as the online endpoints bill: "words" or "tiktoken"
         self._models = models
         self._api_key = api_key
         self.clock = clock
@@ -584,6 +587,8 @@ class BatchStore:
             model = check_model(body, None, self._models())
             if endpoint == "/v1/embeddings":
                 texts, dims, fmt, tokens = check_embeddings(body, model)
+                if self.usage == "tiktoken":
+                    tokens = _usage.embedding_tokens(texts, model)
                 return 200, _embeddings_body(texts, model, dims, fmt, tokens)
             check_generation(body, model, chat=endpoint == "/v1/chat/completions")
         except ApiError as exc:
@@ -591,6 +596,8 @@ class BatchStore:
             return exc.status, {"error": error}
         prefix = "chatcmpl-" if endpoint == "/v1/chat/completions" else "cmpl-"
         answer = expected_completion(body)
+        if self.usage == "tiktoken":
+            answer = _usage.bill(answer, body)
         return 200, {
             "id": prefix + secrets.token_hex(12),
             "created": int(time.time()),

@@ -200,6 +200,7 @@ class Simulator:
             batch_seconds=batch_seconds,
             seed=seed,
             organization=organization,
+            usage=usage,
         )
         self.port: int | None = None
         self._runner: web.AppRunner | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -181,3 +182,40 @@ def test_run_batch_killed_while_polling_resumes_without_resubmitting(sim, tmp_pa
     assert sim.batches.stats.batches_created == 2
     assert max(sim.batches.stats.submitted.values()) == 1
     assert len(out.read_text().splitlines()) == 8
+
+
+def test_complete_batch_budget_goes_chunk_by_chunk_and_stops_at_the_budget(
+    sim, tmp_path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """dfbatch complete --batch --budget: waves within the budget, chunk by chunk; the spend
+    stays under it and the rows left carry "budget reached"."""
+    src = tmp_path / "in.jsonl"
+    pd.DataFrame({"text": [f"row {i}" for i in range(60)]}).to_json(
+        src, orient="records", lines=True
+    )
+    out = tmp_path / "out.parquet"
+    budget = "0.00003"  # gpt-4o-mini at the Batch price: room for a few dozen rows' worst case
+    args = ["complete", str(src), str(out), "--prompt", "Say {text}", "--batch", "--chunk-size",
+            "20", "--max-tokens", "20", "--budget", budget]  # fmt: skip
+    assert main([*args, "--base-url", sim.base_url, "--poll-interval", "0.02"]) == 1
+    got = pd.read_parquet(out)
+    stopped = got.completion_error.fillna("").str.startswith("budget reached")
+    assert 0 < stopped.sum() < len(got)
+    err = capsys.readouterr().err
+    spent = [float(x) for x in re.findall(r"\$([0-9.e+-]+) spent of the", err)]
+    total = spent[-1]  # the closing summary's, over every chunk
+    assert total == pytest.approx(sum(spent[:-1])) and total <= float(budget)
+    assert total >= 0.5 * float(budget)  # and it did spend: the stop was not at once
+    assert sim.stats.by_endpoint["chat/completions"] == 0
+
+
+def test_run_batch_refuses_a_budget_it_cannot_keep(sim, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """dfbatch run --batch --budget is refused (exit 2) before anything is submitted, naming
+    what to do instead; --batch --dry-run shows the Batch price."""
+    src = _requests_file(tmp_path / "requests.jsonl")
+    url = sim.base_url + "/embeddings"
+    assert main(["run", str(src), "--url", url, "--batch", "--budget", "1"]) == 2
+    assert "--batch does not take --budget" in capsys.readouterr().err
+    assert sim.batches.stats.batches_created == 0
+    assert main(["run", str(src), "--url", url, "--batch", "--dry-run"]) == 0
+    assert "Batch API |" in capsys.readouterr().out

@@ -29,6 +29,7 @@ def estimate_run(job: RunJob) -> Estimate:
         tpm=job.tpm,
         budget=job.budget,
         limits_source="--rpm/--tpm, the cookbook's defaults unless given",
+        backend="batch" if job.batch else "online",
     )
     invalid = 0
     embeddings = job.url.rstrip("/").endswith("/embeddings")

@@ -211,8 +211,8 @@ async def run_frames(job: FrameJob) -> FrameResult:
         _check_writable(partial)
         cache = _open_cache(job.cache)
         chunks = (source.total + job.chunk_rows - 1) // job.chunk_rows if source.total else None
-        if job.run_options.get("backend") == "batch":
-            await _submit_batches(job, source, cache)
+        if job.run_options.get("backend") == "batch" and job.run_options.get("budget") is None:
+            await _submit_batches(job, source, cache)  # with --budget: chunk by chunk, in waves
         for number, chunk in enumerate(source.chunks(), 1):
             if number == 1:
                 _check_columns(job, chunk.frame)

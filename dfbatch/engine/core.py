@@ -26,6 +26,7 @@ from . import constants as C
 from .config import ApiConfig
 from .errors import ConfigurationError, RunAbortedError
 from .http_client import default_transport
+from .lease import SharedBudget
 from .limiter import Limiter, RateHeaders, Ticket
 from .retry import Action, Verdict, backoff, classify_exception, classify_response
 from .transport import Transport, TransportError
@@ -130,6 +131,7 @@ class Engine:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        shared: SharedBudget | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ConfigurationError(f"max_in_flight must be at least 1, got {max_in_flight}")
@@ -148,6 +150,7 @@ class Engine:
         self._clock: Callable[[], float] = clock or time.monotonic
         self._sleep = sleep or asyncio.sleep
         self._rng = rng or random.Random()
+        self.shared = shared  # rpm/tpm shared with other senders (dfbatch.coord), or None
         self.stats = RunStats()
         self.limiter: Limiter | None = None
         self._urls: dict[str, str] = {}
@@ -183,8 +186,13 @@ class Engine:
         self._clock = self._clock_arg or asyncio.get_running_loop().time
         now = self._clock()
         self.stats = stats = RunStats(started=now)
+        share, close_share = None, None
+        if self.shared is not None:
+            share, close_share = await self.shared.open(
+                rpm=self.rpm, tpm=self.tpm, clock=self._clock
+            )
         self.limiter = Limiter(
-            rpm=self.rpm, tpm=self.tpm, max_in_flight=self.max_in_flight, now=now
+            rpm=self.rpm, tpm=self.tpm, max_in_flight=self.max_in_flight, now=now, share=share
         )
         gate = _Gate(self.limiter, self._clock, self._sleep, before_send)
         transport = self._transport or default_transport(
@@ -245,6 +253,8 @@ class Engine:
                 await asyncio.gather(*tasks, return_exceptions=True)
             if self._transport is None:
                 await transport.aclose()
+            if close_share is not None:
+                await close_share()
             stats.finished = self._clock()
         return stats
 

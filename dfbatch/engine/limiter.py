@@ -33,8 +33,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import constants as C
+
+if TYPE_CHECKING:
+    from .lease import Share
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -211,7 +215,9 @@ class Limiter:
         tpm: float | None,
         max_in_flight: int,
         now: float,
+        share: Share | None = None,
     ) -> None:
+        self.share = share  # a budget shared with other senders (engine/lease.py), or None
         self.requests = Pace(rpm, now)
         self.tokens = Pace(tpm, now)
         self.max_in_flight = max_in_flight
@@ -251,13 +257,15 @@ class Limiter:
 
     def delay(self, tokens: float, now: float) -> float:
         """Seconds until a request estimated at ``tokens`` may be sent (0.0: send now)."""
-        if now >= self.cool_down_until and not self._paced():
+        share = self.share
+        if now >= self.cool_down_until and not self._paced() and share is None:
             return 0.0  # nothing to pace (a server without limits): the common fast path
         self._recover(now)
         wait = max(
             self.cool_down_until - now,
             self.requests.delay(1, now),
             self.tokens.delay(tokens, now),
+            share.delay(tokens, now) if share is not None else 0.0,
         )
         # Below a microsecond is rounding, and sleeping it could spin on a clock that cannot tick.
         return wait if wait > 1e-6 else 0.0
@@ -265,6 +273,8 @@ class Limiter:
     def on_send(self, tokens: float, now: float) -> Ticket:
         self.requests.spend(1, now)
         self.tokens.spend(tokens, now)
+        if self.share is not None:
+            self.share.spend(tokens, now)
         return Ticket(now, self.requests.sent, self.tokens.sent)
 
     def on_response(self, ticket: Ticket, headers: RateHeaders | None, now: float) -> None:
@@ -273,6 +283,7 @@ class Limiter:
         if headers is not None:
             self.requests.follow(headers.requests, ticket.requests_sent, ticket.sent_at, now)
             self.tokens.follow(headers.tokens, ticket.tokens_sent, ticket.sent_at, now)
+            self._tell_share(headers)
         rtt = now - ticket.sent_at
         self._min_rtt = min(self._min_rtt, rtt)
         if self._answered == 1 and self._paced():
@@ -293,6 +304,9 @@ class Limiter:
         if headers is not None:
             self.requests.follow(headers.requests, ticket.requests_sent, ticket.sent_at, now)
             self.tokens.follow(headers.tokens, ticket.tokens_sent, ticket.sent_at, now)
+            self._tell_share(headers)
+        if self.share is not None:  # every sender of the budget slows, not this one alone
+            self.share.on_rate_limited(retry_after, now)
         # Answers to requests sent before the last cut say nothing new about the new pace.
         if ticket.sent_at < self._last_cut:
             return
@@ -301,6 +315,11 @@ class Limiter:
         self.tokens.cut()
         if not self._paced():
             self._window = max(1.0, self._window / 2)
+
+    def _tell_share(self, headers: RateHeaders) -> None:
+        if self.share is not None:
+            r, t = headers.requests, headers.tokens
+            self.share.on_headers(r.limit, r.remaining, t.limit, t.remaining)
 
     def _paced(self) -> bool:
         return self.requests.rate is not None or self.tokens.rate is not None

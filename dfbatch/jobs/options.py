@@ -18,6 +18,8 @@ class RunKwargs(TypedDict, total=False):
     - ``timeout``: seconds before a hung request is retried (default 60).
     - ``progress``: show a progress bar and summary (default True).
     - ``cache``: True (the per-user store), False, a file path, or a ``ResponseCache``.
+    - ``limiter``: share ``rpm``/``tpm`` with other senders: ``"local"`` (threads of this
+      process), ``"redis://host:port/db"`` (processes and machines), or a coordinator.
     """
 
     base_url: str | None
@@ -31,3 +33,4 @@ class RunKwargs(TypedDict, total=False):
     progress: bool | None
     cache: bool | str | PathLike[str] | Any
     transport: Any
+    limiter: str | Any | None

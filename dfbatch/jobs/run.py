@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import Any
 
+from ..coord.resolve import shared_budget
 from ..engine import constants as C
 from ..engine.config import ApiConfig
 from ..engine.core import Engine, run_stats_summary
@@ -38,6 +39,7 @@ class RunOptions:
     progress: bool | None = True
     cache: CacheOption = True
     transport: Transport | None = None
+    limiter: Any = None  # a shared budget: "local", "redis://...", a coordinator, or None
 
     @classmethod
     def build(
@@ -54,9 +56,13 @@ class RunOptions:
         progress: bool | None = True,
         cache: CacheOption = True,
         transport: Transport | None = None,
+        limiter: Any = None,
     ) -> RunOptions:
         api = ApiConfig.resolve(base_url=base_url, api_key=api_key, api_version=api_version)
-        return cls(api, rpm, tpm, max_attempts, max_in_flight, timeout, progress, cache, transport)
+        shared_budget(limiter, api)  # a bad value fails here, before any request
+        return cls(
+            api, rpm, tpm, max_attempts, max_in_flight, timeout, progress, cache, transport, limiter
+        )
 
     def __repr__(self) -> str:
         return f"RunOptions({self.api!r}, rpm={self.rpm}, tpm={self.tpm})"
@@ -70,6 +76,7 @@ class RunOptions:
             max_attempts=self.max_attempts,
             timeout=self.timeout,
             transport=self.transport,
+            shared=shared_budget(self.limiter, self.api),
         )
 
     def open_cache(self) -> Any:

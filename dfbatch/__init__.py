@@ -25,10 +25,12 @@ from .engine.errors import (
     RunAbortedError,
 )
 from .engine.types import ErrorInfo, Outcome, Request, RunStats
+from .dask.hook import register_accessor_with_dask
 from .frames.hook import register_accessor_with_pandas
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 register_accessor_with_pandas()
+register_accessor_with_dask()
 
 __version__ = "0.1.0"
 

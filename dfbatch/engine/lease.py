@@ -279,6 +279,7 @@ class Wallet:
         self.tokens_per_request = 1.0
         self._seen = 0
         self._waiting_tokens = 0.0  # tokens of the request waiting at the gate, 0: none
+        self._asked_at = -math.inf  # when the limiter last consulted the wallet
         self._reports = _Reports()
         self._split_requests = Pace(None, now)
         self._split_tokens = Pace(None, now)
@@ -291,6 +292,7 @@ class Wallet:
     # -- the limiter's side
     def delay(self, tokens: float, now: float) -> float:
         """Seconds until a request of ``tokens`` may go by this wallet (0.0: now)."""
+        self._asked_at = now
         self._expire(now)
         if now < self.cool_down_until:
             self._waiting_tokens = tokens
@@ -348,6 +350,8 @@ class Wallet:
             return False
         if self._reports.rate_limited:
             return True
+        if self.alone:  # try the coordinator again, while the run still sends
+            return now - self._asked_at < C.LEASE_RETRY_ALONE
         self._expire(now)
         if not self._waiting_tokens and not self.slices:
             return False  # no demand: an idle sender holds nothing and asks nothing

@@ -1,0 +1,53 @@
+"""A coordinator on a Dask ``distributed`` cluster: an actor on one worker keeps the books.
+
+No extra service: the job's client starts the actor (``client.submit(BookActor, actor=True)``)
+and hands its handle to every partition; each run's lease loop calls ``lease`` on it from a
+thread (an actor call blocks). When the worker holding the actor dies, asks fail and every
+sender paces at its even split until the end of its partition (an actor does not come back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from ..engine import constants as C
+from ..engine.lease import Ask, Grant, LeaseBook
+
+
+class BookActor:
+    """Runs on one worker: the books of the accounts the job sends to."""
+
+    def __init__(self) -> None:
+        self._books: dict[str, LeaseBook] = {}
+        self._lock = threading.Lock()
+
+    def lease(self, account: str, ask: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            now = time.monotonic()
+            book = self._books.get(account)
+            if book is None:
+                book = self._books[account] = LeaseBook(now)
+            return book.lease(Ask.from_dict(ask), now).to_dict()
+
+
+class ActorCoordinator:
+    """What a partition's run talks to: the actor's handle and the account's name."""
+
+    def __init__(self, actor: Any, account: str) -> None:
+        self.actor = actor
+        self.account = account
+
+    def __repr__(self) -> str:
+        return f"<ActorCoordinator {self.account[:8]}>"
+
+    async def lease(self, ask: Ask) -> Grant:
+        def call() -> dict[str, Any]:
+            return self.actor.lease(self.account, ask.to_dict()).result(timeout=C.LEASE_TIMEOUT)
+
+        return Grant.from_dict(await asyncio.to_thread(call))
+
+    async def aclose(self) -> None:
+        return None

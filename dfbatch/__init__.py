@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+from .dask.hook import register_accessor_with_dask
 from .engine.config import ApiConfig
 from .engine.core import Engine
 from .engine.errors import (
@@ -25,7 +26,6 @@ from .engine.errors import (
     RunAbortedError,
 )
 from .engine.types import ErrorInfo, Outcome, Request, RunStats
-from .dask.hook import register_accessor_with_dask
 from .frames.hook import register_accessor_with_pandas
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -43,6 +43,14 @@ class ActorCoordinator:
     def __repr__(self) -> str:
         return f"<ActorCoordinator {self.account[:8]}>"
 
+    def bind(self) -> None:
+        """Tie the handle to this worker; call in the task's own thread. (An actor handle
+        finds its worker through the task thread's state, and the lease loop calls it from
+        another thread.)"""
+        bind = getattr(self.actor, "_try_bind_worker_client", None)
+        if bind is not None:
+            bind()
+
     async def lease(self, ask: Ask) -> Grant:
         def call() -> dict[str, Any]:
             return self.actor.lease(self.account, ask.to_dict()).result(timeout=C.LEASE_TIMEOUT)

@@ -86,6 +86,9 @@ def _run_partition(
     options: dict[str, Any],
     meta: pd.DataFrame,
 ) -> pd.DataFrame:
+    bind = getattr(options.get("limiter"), "bind", None)
+    if bind is not None:
+        bind()
     out = getattr(part.llm, method)(*args, **options)
     out = out[list(meta.columns)]
     changed = {c: t for c, t in meta.dtypes.items() if out[c].dtype != t}

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from . import constants as C
 from .limiter import Pace
+from .share import Share
 
 #: The limiter rounds waits below a microsecond to zero: a slice starting that soon has started.
 _EPS = 1e-6
@@ -439,21 +440,6 @@ class Wallet:
                 else:
                     kept.append(s)
             self.slices = kept
-
-
-class Share(Protocol):
-    """What the engine's limiter sees of a shared budget (a :class:`Wallet`'s methods)."""
-
-    def delay(self, tokens: float, now: float) -> float: ...
-    def spend(self, tokens: float, now: float) -> None: ...
-    def on_rate_limited(self, retry_after: float | None, now: float) -> None: ...
-    def on_headers(
-        self,
-        limit_requests: int | None,
-        remaining_requests: int | None,
-        limit_tokens: int | None,
-        remaining_tokens: int | None,
-    ) -> None: ...
 
 
 class SharedBudget(Protocol):

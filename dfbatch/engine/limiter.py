@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from . import constants as C
 
 if TYPE_CHECKING:
-    from .lease import Share
+    from .share import Share
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}

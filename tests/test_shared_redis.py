@@ -109,3 +109,49 @@ def test_redis_dying_mid_run_means_an_even_split_then_sharing_again(redis_server
     messages = [r.getMessage() for r in caplog.records]
     assert any("unreachable" in m for m in messages)
     assert any("answers again" in m for m in messages)
+
+
+def test_two_dfbatch_run_commands_share_one_budget_with_limiter(redis_server, tmp_path):
+    """`dfbatch run --limiter redis://...` in two processes on one key: no 429s together."""
+    files = []
+    for p in range(2):
+        path = tmp_path / f"requests{p}.jsonl"
+        path.write_text(
+            "".join(
+                json.dumps({"model": "text-embedding-3-small", "input": f"p{p} line {i}"}) + "\n"
+                for i in range(150)
+            )
+        )
+        files.append(path)
+    with Simulator(rpm=3000) as sim:
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dfbatch",
+                    "run",
+                    str(path),
+                    "--url",
+                    sim.base_url + "/embeddings",
+                    "--rpm",
+                    "3000",
+                    "--limiter",
+                    redis_server.url,
+                    "--no-cache",
+                    "--api-key",
+                    "sk-test",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for path in files
+        ]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], errors
+        rate_limited = sim.stats.rate_limited
+    for path in files:
+        out = path.with_name(path.stem + "_results.jsonl")
+        assert len(out.read_text().splitlines()) == 150
+    assert rate_limited <= 3

@@ -81,6 +81,7 @@ def _do_run(args: argparse.Namespace) -> int:
         ordered=not args.unordered,
         progress=_progress(args),
         overwrite=args.overwrite,
+        limiter=args.limiter,
     )
     result = run_sync(lambda: run_job(job))
     _say(result.summary, args.log_level)
@@ -115,6 +116,7 @@ def _frame_job(args: argparse.Namespace) -> Any:
         "api_key": api_key(args),
         "rpm": args.rpm,
         "tpm": args.tpm,
+        "limiter": args.limiter,
         "max_attempts": args.max_attempts,
         "max_in_flight": args.max_in_flight,
         "timeout": args.timeout,

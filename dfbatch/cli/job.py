@@ -26,3 +26,4 @@ class RunJob:
     ordered: bool
     progress: bool
     overwrite: bool
+    limiter: str | None = None  # "redis://...": rpm/tpm shared with other processes

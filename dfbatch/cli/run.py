@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ..coord.resolve import shared_budget
 from ..engine import constants as C
 from ..engine.core import Engine, run_stats_summary
 from ..engine.errors import ConfigurationError
@@ -62,6 +63,7 @@ class _Run:
             max_in_flight=job.max_in_flight,
             max_attempts=job.max_attempts,
             timeout=job.timeout,
+            shared=shared_budget(job.limiter, job.api),
         )
         self.progress = Progress(n_lines, enabled=job.progress, desc="dfbatch run", unit="line")
         self.progress.advance(plan.done, failed=plan.failed)

@@ -7,7 +7,15 @@ import inspect
 
 import pytest
 
-ROOMS = ["dfbatch.engine", "dfbatch.cache", "dfbatch.jobs", "dfbatch.frames", "dfbatch.cli"]
+ROOMS = [
+    "dfbatch.engine",
+    "dfbatch.cache",
+    "dfbatch.coord",
+    "dfbatch.jobs",
+    "dfbatch.frames",
+    "dfbatch.dask",
+    "dfbatch.cli",
+]
 
 
 @pytest.mark.parametrize("room", ROOMS)

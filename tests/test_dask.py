@@ -185,7 +185,7 @@ def test_a_worker_killed_mid_partition_loses_nothing_answered(cluster_client, tm
         killed: list[int] = []
 
         def kill_one() -> None:
-            while sim.stats.embedding_inputs < rows // 3:
+            while sim.stats.embedding_inputs < rows // 2:  # each partition half done
                 time.sleep(0.05)
             pid = next(iter(pids.values()))
             os.kill(pid, signal.SIGKILL)
@@ -201,6 +201,7 @@ def test_a_worker_killed_mid_partition_loses_nothing_answered(cluster_client, tm
     assert killed
     assert got["embedding"].notna().all() and len(got) == rows
     asked_twice = sum(c - 1 for c in counts.values() if c > 1)
-    # What a kill can cost: requests in flight and answers not yet flushed (0.2 s at 40/s).
-    assert asked_twice <= 15
+    # What a kill can cost: requests in flight and answers not yet flushed (0.2 s at 10/s per
+    # partition). Without the shared cache the retry would send the ~30 rows answered before.
+    assert asked_twice <= 10, asked_twice
     assert len(counts) == rows

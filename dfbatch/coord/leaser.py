@@ -86,12 +86,14 @@ class LeasedBudget:
         wallet = Wallet(uuid.uuid4().hex[:12], rpm=rpm, tpm=tpm, now=clock())
         self.wallet = wallet
         wake = asyncio.Event()
-        task = asyncio.ensure_future(self._loop(wallet, clock, wake))
+        running = [True]  # the loop's own stop flag: on 3.11 wait_for may swallow a cancel
+        task = asyncio.ensure_future(self._loop(wallet, clock, wake, running))
 
         async def close() -> None:
+            running[0] = False
+            wake.set()
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await asyncio.wait({task}, timeout=self.timeout)
             wallet.asking = False
             ask = wallet.ask(clock(), closing=True)  # give back what was not spent
             with contextlib.suppress(Exception):
@@ -101,8 +103,14 @@ class LeasedBudget:
 
         return _WakingShare(wallet, wake), close
 
-    async def _loop(self, wallet: Wallet, clock: Callable[[], float], wake: asyncio.Event) -> None:
-        while True:
+    async def _loop(
+        self,
+        wallet: Wallet,
+        clock: Callable[[], float],
+        wake: asyncio.Event,
+        running: list[bool],
+    ) -> None:
+        while running[0]:
             now = clock()
             if wallet.wants(now):
                 ask = wallet.ask(now)

@@ -128,6 +128,8 @@ LEASE_MAX_AHEAD = 1.0
 LEASE_REFILL_AT = 0.5
 #: Seconds a waiting request re-checks the wallet while its next slice is on the way.
 LEASE_POLL = 0.005
+#: A wallet sizes its token slices by the mean tokens of about this many recent requests.
+LEASE_TOKENS_MEAN_REQUESTS = 100
 #: Seconds the lease loop sleeps between checks of its wallet when nothing woke it.
 LEASE_LOOP_TICK = 0.05
 #: Seconds without an ask after which a coordinator stops counting a sender as active.

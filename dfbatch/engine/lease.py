@@ -323,8 +323,8 @@ class Wallet:
             self._split_requests.spend(1, now)
             self._split_tokens.spend(tokens, now)
         self._seen += 1
-        # A running mean over the last ~100 requests sizes the token slices.
-        weight = 1.0 / min(self._seen, 100)
+        # A running mean over the last requests sizes the token slices.
+        weight = 1.0 / min(self._seen, C.LEASE_TOKENS_MEAN_REQUESTS)
         self.tokens_per_request += (tokens - self.tokens_per_request) * weight
 
     def on_rate_limited(self, retry_after: float | None, now: float) -> None:

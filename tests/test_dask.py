@@ -205,3 +205,46 @@ def test_a_worker_killed_mid_partition_loses_nothing_answered(cluster_client, tm
     # partition). Without the shared cache the retry would send the ~30 rows answered before.
     assert asked_twice <= 10, asked_twice
     assert len(counts) == rows
+
+
+def test_the_actors_worker_dying_mid_run_means_an_even_split(cluster_client, tmp_path):
+    """The worker holding the job's actor is killed: the other partitions warn and pace at a
+    quarter of the limit each (the job's 4 workers), the killed one is retried from the shared
+    cache, every row is answered, and the server refuses at most 1%."""
+    from dfbatch.coord.account import account_id
+    from dfbatch.coord.dask_actor import ActorCoordinator, BookActor
+    from dfbatch.engine.config import ApiConfig
+
+    rows = 240
+    ddf = dd.from_pandas(pd.DataFrame({"text": [f"actor {i}" for i in range(rows)]}), 4)
+    future = cluster_client.submit(BookActor, actor=True)
+    actor = future.result()
+    (holder,) = cluster_client.who_has(future)[future.key]
+    pid = cluster_client.run(os.getpid, workers=[holder])[holder]
+    with Simulator(rpm=2400, record_inputs=True) as sim:
+        coordinator = ActorCoordinator(
+            actor, account_id(ApiConfig.resolve(base_url=sim.base_url, api_key=KEY)), senders=4
+        )
+
+        def kill_holder() -> None:
+            while sim.stats.embedding_inputs < rows // 3:
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_holder, daemon=True)
+        killer.start()
+        got = ddf.llm.embed(
+            "text",
+            base_url=sim.base_url,
+            api_key=KEY,
+            rpm=2400,
+            batch_size=1,
+            cache=str(tmp_path / "c.sqlite"),
+            limiter=coordinator,
+        ).compute()
+        killer.join(5)
+        refused = sim.stats.rate_limited
+        counts = dict(sim.stats.inputs)
+    assert got["embedding"].notna().all()
+    assert len(counts) == rows
+    assert refused <= 3

@@ -42,9 +42,10 @@ class BookActor:
 class ActorCoordinator:
     """What a partition's run talks to: the actor's handle and the account's name."""
 
-    def __init__(self, actor: Any, account: str) -> None:
+    def __init__(self, actor: Any, account: str, senders: int = 1) -> None:
         self.actor = actor
         self.account = account
+        self.senders = senders  # the job's workers: the even split if the actor is lost
 
     def __repr__(self) -> str:
         return f"<ActorCoordinator {self.account[:8]}>"

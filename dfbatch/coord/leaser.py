@@ -84,6 +84,9 @@ class LeasedBudget:
         self, *, rpm: float | None, tpm: float | None, clock: Callable[[], float]
     ) -> tuple[Share, Callable[[], Awaitable[None]]]:
         wallet = Wallet(uuid.uuid4().hex[:12], rpm=rpm, tpm=tpm, now=clock())
+        # Until the coordinator has counted the senders, the even split assumes what the
+        # coordinator says to expect (a Dask job: its workers), else this sender alone.
+        wallet.senders = max(1, int(getattr(self.coordinator, "senders", 1) or 1))
         self.wallet = wallet
         wake = asyncio.Event()
         running = [True]  # the loop's own stop flag: on 3.11 wait_for may swallow a cancel

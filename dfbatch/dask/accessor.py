@@ -48,7 +48,8 @@ def _job_limiter(options: dict[str, Any]) -> Any:
     future = client.submit(BookActor, actor=True)
     actor = future.result()
     _actors[future.key] = future
-    return ActorCoordinator(actor, account_id(api))
+    workers = len(client.scheduler_info().get("workers", {})) or 1
+    return ActorCoordinator(actor, account_id(api), senders=workers)
 
 
 def _meta(frame: pd.DataFrame, method: str, args: tuple[Any, ...], options: dict[str, Any]) -> Any:

@@ -20,6 +20,8 @@ import dfbatch  # noqa: E402, F401
 from dfbatch.testing import Simulator, expected_embedding  # noqa: E402
 
 KEY = "sk-test"
+#: Seconds a LocalCluster computation may take before the test fails instead of hanging.
+CLUSTER_TIMEOUT = 120
 
 
 def _frame(rows: int = 40) -> pd.DataFrame:
@@ -164,7 +166,7 @@ def test_a_local_cluster_of_4_processes_shares_the_limit_through_an_actor(cluste
         out = ddf.llm.embed(
             "text", base_url=sim.base_url, api_key=KEY, rpm=3000, batch_size=1, cache=False
         )
-        got = out.compute()
+        got = cluster_client.compute(out).result(timeout=CLUSTER_TIMEOUT)
         refused = sim.stats.rate_limited
         sent = sim.stats.requests
     assert got.index.equals(df.index)
@@ -193,9 +195,10 @@ def test_a_worker_killed_mid_partition_loses_nothing_answered(cluster_client, tm
 
         killer = threading.Thread(target=kill_one, daemon=True)
         killer.start()
-        got = ddf.llm.embed(
+        lazy = ddf.llm.embed(
             "text", base_url=sim.base_url, api_key=KEY, rpm=2400, batch_size=1, cache=cache
-        ).compute()
+        )
+        got = cluster_client.compute(lazy).result(timeout=CLUSTER_TIMEOUT)
         killer.join(5)
         counts = dict(sim.stats.inputs)
     assert killed
@@ -233,7 +236,7 @@ def test_the_actors_worker_dying_mid_run_means_an_even_split(cluster_client, tmp
 
         killer = threading.Thread(target=kill_holder, daemon=True)
         killer.start()
-        got = ddf.llm.embed(
+        lazy = ddf.llm.embed(
             "text",
             base_url=sim.base_url,
             api_key=KEY,
@@ -241,7 +244,8 @@ def test_the_actors_worker_dying_mid_run_means_an_even_split(cluster_client, tmp
             batch_size=1,
             cache=str(tmp_path / "c.sqlite"),
             limiter=coordinator,
-        ).compute()
+        )
+        got = cluster_client.compute(lazy).result(timeout=CLUSTER_TIMEOUT)
         killer.join(5)
         refused = sim.stats.rate_limited
         counts = dict(sim.stats.inputs)

@@ -252,3 +252,26 @@ def test_the_actors_worker_dying_mid_run_means_an_even_split(cluster_client, tmp
     assert got["embedding"].notna().all()
     assert len(counts) == rows
     assert refused <= 3
+
+
+def test_expand_with_a_pydantic_model_gives_its_fields_as_columns_in_meta():
+    """expand=True: the meta names the model's fields, as each partition's result does."""
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        a: int
+        b: str
+
+    ddf = dd.from_pandas(pd.DataFrame({"text": ["x", "y", "z"]}), npartitions=2)
+    with Simulator() as sim:
+        out = ddf.llm.complete(
+            "Say {text}",
+            base_url=sim.base_url,
+            api_key=KEY,
+            cache=False,
+            response_format=Answer,
+            expand=True,
+        )
+        assert list(out.columns) == ["text", "a", "b", "completion_error"]
+        got = out.compute(scheduler="threads")
+    assert list(got.columns) == list(out.columns) and got["a"].notna().all()

@@ -16,6 +16,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .batch.backend import BatchFailedError
+from .dask.hook import register_accessor_with_dask
 from .engine.config import ApiConfig
 from .engine.core import Engine
 from .engine.errors import (
@@ -33,6 +34,7 @@ from .jobs.batch_job import BatchJob
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 register_accessor_with_pandas()
+register_accessor_with_dask()
 
 __version__ = "0.1.0"
 

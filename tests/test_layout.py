@@ -11,8 +11,10 @@ ROOMS = [
     "dfbatch.engine",
     "dfbatch.cache",
     "dfbatch.batch",
+    "dfbatch.coord",
     "dfbatch.jobs",
     "dfbatch.frames",
+    "dfbatch.dask",
     "dfbatch.cli",
 ]
 

@@ -138,6 +138,13 @@ def common_options(p: argparse.ArgumentParser, *, cookbook: bool) -> None:
         default=C.DEFAULT_MAX_IN_FLIGHT,
         help="requests open at once (default: %(default)s)",
     )
+    limits.add_argument(
+        "--limiter",
+        metavar="URL",
+        default=None,
+        help="share --rpm/--tpm with every process given the same URL and key: "
+        "redis://host:port/db (default: this process paces alone)",
+    )
     retries = p.add_argument_group("retries")
     retries.add_argument(
         *alias("--max-attempts", "--max_attempts"),

@@ -88,6 +88,7 @@ def _do_run(args: argparse.Namespace) -> int:
         report=_report_path(args.report),
         batch=args.batch,
         poll_interval=args.poll_interval,
+        limiter=args.limiter,
     )
     if args.batch and args.budget is not None and not args.dry_run:
         raise ConfigurationError(
@@ -149,6 +150,7 @@ def _frame_job(args: argparse.Namespace) -> Any:
         "api_key": api_key(args),
         "rpm": args.rpm,
         "tpm": args.tpm,
+        "limiter": args.limiter,
         "max_attempts": args.max_attempts,
         "max_in_flight": args.max_in_flight,
         "timeout": args.timeout,

@@ -31,3 +31,4 @@ class RunJob:
     report: Path | None = None
     batch: bool = False  # --batch: through the Batch API (cli.run_batch)
     poll_interval: float | None = None
+    limiter: str | None = None  # "redis://...": rpm/tpm shared with other processes

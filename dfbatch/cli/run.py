@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ..coord.resolve import shared_budget
 from ..engine import constants as C
 from ..engine.core import Engine, run_stats_summary
 from ..engine.errors import ConfigurationError
@@ -73,6 +74,7 @@ class _Run:
             timeout=job.timeout,
             price=job.price,
             budget=job.budget,
+            shared=shared_budget(job.limiter, job.api),
         )
         self.budget_stopped = 0
         self.progress = Progress(n_lines, enabled=job.progress, desc="dfbatch run", unit="line")

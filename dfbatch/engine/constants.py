@@ -239,3 +239,29 @@ BATCH_MAX_OUTPUT_BYTES = 8 * 2**30
 BATCH_LONE_REFUSALS = 3
 #: Pages of ``GET /batches`` read to find a batch created just before a kill -9.
 BATCH_LIST_PAGES = 20
+#: Shared budgets (``limiter=``): a sender leases this many seconds of the account's rate at a
+#: time, so a coordinator sees a few round trips per second per sender, not one per request.
+LEASE_SLICE_SECONDS = 0.1
+#: A slice may be spent from its start for this long; what is left then goes back to the pool.
+#: Spending is thus confined to ``[start, start + ttl]``: with the slice and the burst
+#: allowance this stays under one second, so the server's 1 s bucket is never overrun.
+LEASE_TTL = 0.5
+#: A coordinator grants a slice that starts at most this many seconds ahead; beyond it the
+#: sender is told to ask again later (it never queues far into the future).
+LEASE_MAX_AHEAD = 1.0
+#: A sender asks for its next slice when what it holds falls to this share of one slice.
+LEASE_REFILL_AT = 0.5
+#: Seconds a waiting request re-checks the wallet while its next slice is on the way.
+LEASE_POLL = 0.005
+#: A wallet sizes its token slices by the mean tokens of about this many recent requests.
+LEASE_TOKENS_MEAN_REQUESTS = 100
+#: Seconds the lease loop sleeps between checks of its wallet when nothing woke it.
+LEASE_LOOP_TICK = 0.05
+#: Seconds without an ask after which a coordinator stops counting a sender as active.
+LEASE_ACTIVE_SECONDS = 3.0
+#: Seconds a lease round trip may take before the coordinator counts as unreachable ...
+LEASE_TIMEOUT = 2.0
+#: ... and, while it is, seconds between attempts to reach it again (the even split meanwhile).
+LEASE_RETRY_ALONE = 1.0
+#: Seconds a coordinator's shared state outlives its last use (Redis key expiry).
+LEASE_STATE_TTL = 3_600

@@ -30,6 +30,7 @@ from .checks import check_number, check_whole
 from .config import ApiConfig, redact
 from .errors import RunAbortedError
 from .http_client import default_transport
+from .lease import SharedBudget
 from .limiter import Limiter, RateHeaders, Ticket
 from .prices import (
     Price,
@@ -172,6 +173,7 @@ class Engine:
         rng: random.Random | None = None,
         price: Any = None,
         budget: float | None = None,
+        shared: SharedBudget | None = None,
     ) -> None:
         # Finite numbers in range: NaN would pass any "<= 0" test and turn pacing off.
         max_in_flight = check_whole("max_in_flight", max_in_flight)  # type: ignore[assignment]
@@ -196,6 +198,7 @@ class Engine:
         self._sleep_arg = sleep
         self._sleep = sleep or asyncio.sleep
         self._rng = rng or random.Random()
+        self.shared = shared  # rpm/tpm shared with other senders (dfbatch.coord), or None
         self.stats = RunStats()
         self.limiter: Limiter | None = None
         self._urls: dict[str, str] = {}
@@ -237,8 +240,13 @@ class Engine:
         stats.timeline = Timeline(now)
         self._cap = BudgetCap(self.budget) if self.budget is not None else None
         self._settled = asyncio.Event()
+        share, close_share = None, None
+        if self.shared is not None:
+            share, close_share = await self.shared.open(
+                rpm=self.rpm, tpm=self.tpm, clock=self._clock
+            )
         self.limiter = Limiter(
-            rpm=self.rpm, tpm=self.tpm, max_in_flight=self.max_in_flight, now=now
+            rpm=self.rpm, tpm=self.tpm, max_in_flight=self.max_in_flight, now=now, share=share
         )
         gate = _Gate(self.limiter, self._clock, self._sleep_arg, before_send)
         transport = self._transport or default_transport(
@@ -313,6 +321,8 @@ class Engine:
                 await asyncio.gather(*tasks, return_exceptions=True)
             if self._transport is None:
                 await transport.aclose()
+            if close_share is not None:
+                await close_share()
             stats.finished = self._clock()
         return stats
 

@@ -43,8 +43,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import constants as C
+
+if TYPE_CHECKING:
+    from .share import Share
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -271,7 +275,9 @@ class Limiter:
         tpm: float | None,
         max_in_flight: int,
         now: float,
+        share: Share | None = None,
     ) -> None:
+        self.share = share  # a budget shared with other senders (engine/lease.py), or None
         self.requests = Pace(rpm, now)
         self.tokens = Pace(tpm, now)
         self.max_in_flight = max_in_flight
@@ -320,13 +326,15 @@ class Limiter:
 
     def delay(self, tokens: float, now: float) -> float:
         """Seconds until a request estimated at ``tokens`` may be sent (0.0: send now)."""
-        if now >= self.cool_down_until and not self._paced():
+        share = self.share
+        if now >= self.cool_down_until and not self._paced() and share is None:
             return 0.0  # nothing to pace (a server without limits): the common fast path
         self._recover(now)
         wait = max(
             self.cool_down_until - now,
             self.requests.delay(1, now),
             self.tokens.delay(tokens, now),
+            share.delay(tokens, now) if share is not None else 0.0,
         )
         # Below a microsecond is rounding, and sleeping it could spin on a clock that cannot tick.
         if wait <= 1e-6:
@@ -336,6 +344,8 @@ class Limiter:
     def on_send(self, tokens: float, now: float) -> Ticket:
         self.requests.spend(1, now)
         seconds = self.tokens.spend(tokens, now)
+        if self.share is not None:
+            self.share.spend(tokens, now)
         return Ticket(now, self.requests.sent, self.tokens.sent, tokens, seconds)
 
     def give_back(self, ticket: Ticket, now: float) -> None:
@@ -364,6 +374,7 @@ class Limiter:
         if headers is not None:
             self.requests.follow(headers.requests, ticket.requests_sent, ticket.sent_at, now)
             self.tokens.follow(headers.tokens, ticket.tokens_sent, ticket.sent_at, now)
+            self._tell_share(headers)
         rtt = now - ticket.sent_at
         self._min_rtt = min(self._min_rtt, rtt)
         if self._answered == 1 and self._paced():
@@ -388,6 +399,9 @@ class Limiter:
         if headers is not None:
             self.requests.follow(headers.requests, ticket.requests_sent, ticket.sent_at, now)
             self.tokens.follow(headers.tokens, ticket.tokens_sent, ticket.sent_at, now)
+            self._tell_share(headers)
+        if self.share is not None:  # every sender of the budget slows, not this one alone
+            self.share.on_rate_limited(wait if retry_after is not None else None, now)
         if self._answered == 1 and self._paced():
             self._window = self.max_in_flight  # an answer: the key works, the pace rules
         # Answers to requests sent before the last cut say nothing new about the new pace.
@@ -398,6 +412,11 @@ class Limiter:
         self.tokens.cut()
         if not self._paced():
             self._window = max(1.0, self._window / 2)
+
+    def _tell_share(self, headers: RateHeaders) -> None:
+        if self.share is not None:
+            r, t = headers.requests, headers.tokens
+            self.share.on_headers(r.limit, r.remaining, t.limit, t.remaining)
 
     def _paced(self) -> bool:
         return self.requests.rate is not None or self.tokens.rate is not None

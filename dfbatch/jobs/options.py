@@ -28,6 +28,8 @@ class RunKwargs(TypedDict, total=False):
     - ``poll_interval``: with ``backend="batch"``, seconds between the first status checks
       (default 10; 1.5x longer after each, up to 5 minutes).
     - ``wait``: with ``backend="batch"``, False returns a job handle at once.
+    - ``limiter``: share ``rpm``/``tpm`` with other senders: ``"local"`` (threads of this
+      process), ``"redis://host:port/db"`` (processes and machines), or a coordinator.
     """
 
     base_url: str | None
@@ -46,3 +48,4 @@ class RunKwargs(TypedDict, total=False):
     backend: str
     poll_interval: float | None
     wait: bool
+    limiter: str | Any | None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import Any
 
+from ..coord.resolve import shared_budget
 from ..engine import constants as C
 from ..engine.checks import check_number, check_whole
 from ..engine.config import ApiConfig
@@ -47,6 +48,7 @@ class RunOptions:
     backend: str = "online"
     poll_interval: float | None = None
     wait: bool = True
+    limiter: Any = None  # a shared budget: "local", "redis://...", a coordinator, or None
 
     @classmethod
     def build(
@@ -68,6 +70,7 @@ class RunOptions:
         backend: str = "online",
         poll_interval: float | None = None,
         wait: bool = True,
+        limiter: Any = None,
     ) -> RunOptions:
         """Check every option before anything is opened or sent (ConfigurationError)."""
         rpm = check_number("rpm", rpm, optional=True)
@@ -85,6 +88,7 @@ class RunOptions:
         if not wait and backend != "batch":
             raise ConfigurationError("wait=False needs backend='batch'")
         poll_interval = check_number("poll_interval", poll_interval, optional=True)
+        shared_budget(limiter, api)  # a bad value fails here, before any request
         return cls(
             api,
             rpm,
@@ -100,6 +104,7 @@ class RunOptions:
             backend,
             poll_interval,
             wait,
+            limiter,
         )
 
     def __repr__(self) -> str:
@@ -116,6 +121,7 @@ class RunOptions:
             transport=self.transport,
             price=self.price,
             budget=self.budget,
+            shared=shared_budget(self.limiter, self.api),
         )
 
     def check_price(self, model: str) -> None:

@@ -78,19 +78,14 @@ def _figures(stats: dict[str, Any], rows: int, answered: int, elapsed: float) ->
 def dask_run(tmp: Path, rows: int, shared: bool, client: Any) -> dict[str, Any]:
     import dask.dataframe as dd
 
-    from dfbatch.coord.account import account_id
-    from dfbatch.coord.dask_actor import ActorCoordinator, BookActor
-    from dfbatch.engine.config import ApiConfig
+    from dfbatch.coord.dask_scheduler import books_state
 
     name = "shared" if shared else "naive"
     with Sim(tmp, f"dask-{name}", "--rpm", str(RPM), "--record-inputs") as sim:
         ddf = dd.from_pandas(pd.DataFrame({"text": _texts(rows, f"dask-{name}")}), npartitions=4)
-        limiter: Any = None
-        actor = None
-        if shared:
-            api = ApiConfig.resolve(base_url=sim.base_url, api_key=KEY)
-            actor = client.submit(BookActor, actor=True).result()
-            limiter = ActorCoordinator(actor, account_id(api))
+        # shared: the default (the scheduler keeps the books); naive: each partition alone
+        limiter: Any = {} if shared else {"limiter": None}
+        before = client.run_on_scheduler(books_state)["asks"]
         out = ddf.llm.embed(
             "text",
             base_url=sim.base_url,
@@ -98,14 +93,14 @@ def dask_run(tmp: Path, rows: int, shared: bool, client: Any) -> dict[str, Any]:
             rpm=RPM,
             batch_size=1,
             cache=False,
-            limiter=limiter,
+            **limiter,
         )
         t0 = time.perf_counter()
         got = out.compute()
         elapsed = time.perf_counter() - t0
         f = _figures(sim.stats(), rows, int(got["embedding"].notna().sum()), elapsed)
-        if actor is not None:
-            asks = actor.round_trips().result()
+        if shared:
+            asks = client.run_on_scheduler(books_state)["asks"] - before
             f["lease_round_trips"] = asks
             f["lease_round_trips_per_s"] = round(asks / elapsed, 1)
     return f

@@ -211,47 +211,38 @@ def test_a_worker_killed_mid_partition_loses_nothing_answered(cluster_client, tm
     assert len(counts) == rows
 
 
-def test_the_actors_worker_dying_mid_run_means_an_even_split(cluster_client, tmp_path):
-    """The worker holding the job's actor is killed: the other partitions warn and pace at a
-    quarter of the limit each (the job's 4 workers), the killed one is retried from the shared
-    cache, every row is answered, and the server refuses at most 1%."""
-    from dfbatch.coord.account import account_id
-    from dfbatch.coord.dask_actor import ActorCoordinator, BookActor
-    from dfbatch.engine.config import ApiConfig
+def test_the_coordinator_unreachable_mid_run_then_back(cluster_client, tmp_path):
+    """The scheduler's lease books stop answering a third of the way through: the partitions
+    pace at their even split (a quarter of the limit each), then share again once the books
+    answer; every row is answered once and the server refuses almost nothing."""
+    from dfbatch.coord.dask_scheduler import books_state
 
     rows = 240
-    ddf = dd.from_pandas(pd.DataFrame({"text": [f"actor {i}" for i in range(rows)]}), 4)
-    future = cluster_client.submit(BookActor, actor=True)
-    actor = future.result()
-    (holder,) = cluster_client.who_has(future)[future.key]
-    pid = cluster_client.run(os.getpid, workers=[holder])[holder]
+    ddf = dd.from_pandas(pd.DataFrame({"text": [f"books {i}" for i in range(rows)]}), 4)
     with Simulator(rpm=2400, record_inputs=True) as sim:
-        coordinator = ActorCoordinator(
-            actor, account_id(ApiConfig.resolve(base_url=sim.base_url, api_key=KEY)), senders=4
-        )
+        asks: dict[str, int] = {}
 
-        def kill_holder() -> None:
+        def pause_then_resume() -> None:
             while sim.stats.embedding_inputs < rows // 3:
                 time.sleep(0.05)
-            os.kill(pid, signal.SIGKILL)
+            asks["before"] = cluster_client.run_on_scheduler(books_state, paused=True)["asks"]
+            time.sleep(1.5)  # the senders notice, warn, and pace alone
+            asks["paused"] = cluster_client.run_on_scheduler(books_state, paused=False)["asks"]
 
-        killer = threading.Thread(target=kill_holder, daemon=True)
-        killer.start()
+        switch = threading.Thread(target=pause_then_resume, daemon=True)
+        switch.start()
         lazy = ddf.llm.embed(
-            "text",
-            base_url=sim.base_url,
-            api_key=KEY,
-            rpm=2400,
-            batch_size=1,
-            cache=str(tmp_path / "c.sqlite"),
-            limiter=coordinator,
+            "text", base_url=sim.base_url, api_key=KEY, rpm=2400, batch_size=1, cache=False
         )
         got = cluster_client.compute(lazy).result(timeout=CLUSTER_TIMEOUT)
-        killer.join(5)
+        switch.join(5)
+        asks["after"] = cluster_client.run_on_scheduler(books_state)["asks"]
         refused = sim.stats.rate_limited
         counts = dict(sim.stats.inputs)
-    assert got["embedding"].notna().all()
-    assert len(counts) == rows
+    assert got["embedding"].notna().all() and len(got) == rows
+    assert len(counts) == rows and all(c == 1 for c in counts.values())
+    assert asks["paused"] == asks["before"]  # nothing was answered while paused
+    assert asks["after"] > asks["paused"]  # the senders came back to sharing
     assert refused <= 3
 
 

@@ -6,8 +6,8 @@ what the pandas accessor gives for the empty frame (the same column rules), plus
 model's fields when ``expand=True``; other shapes take ``meta=`` from the caller.
 
 ``rpm``/``tpm`` are the account's limits for the whole job: unless ``limiter=`` says otherwise,
-the partitions lease their capacity from one coordinator (an actor on the ``distributed``
-cluster of the default client; else a lock shared by the threads of this process), so N
+the partitions lease their capacity from one coordinator (the scheduler of the default
+client's ``distributed`` cluster; else a lock shared by the threads of this process), so N
 workers together stay under them. ``limiter=None`` makes each partition pace alone.
 """
 
@@ -24,10 +24,9 @@ from ..engine.config import ApiConfig
 from ..engine.errors import ConfigurationError
 from ..frames.accessor import SERIES_COLUMN
 
-#: ``limiter=`` left out: share within the job (an actor on a cluster, else a process lock).
+#: ``limiter=`` left out: share within the job (the scheduler on a cluster, else a process lock).
 AUTO = "auto"
 _META_URL = "http://127.0.0.1:9/v1"  # the empty frame sends nothing: never contacted
-_actors: dict[str, Any] = {}  # keeps each job's actor alive for the client's life
 
 
 def _job_limiter(options: dict[str, Any]) -> Any:
@@ -38,18 +37,15 @@ def _job_limiter(options: dict[str, Any]) -> Any:
         client = default_client()
     except (ImportError, ValueError):  # no cluster: the threaded (or sync) scheduler
         return "local"
-    from ..coord.dask_actor import ActorCoordinator, BookActor
+    from ..coord.dask_scheduler import SchedulerCoordinator
 
     api = ApiConfig.resolve(
         base_url=options.get("base_url"),
         api_key=options.get("api_key"),
         api_version=options.get("api_version"),
     )
-    future = client.submit(BookActor, actor=True)
-    actor = future.result()
-    _actors[future.key] = future
     workers = len(client.scheduler_info().get("workers", {})) or 1
-    return ActorCoordinator(actor, account_id(api), senders=workers)
+    return SchedulerCoordinator(account_id(api), senders=workers)
 
 
 def _meta(frame: pd.DataFrame, method: str, args: tuple[Any, ...], options: dict[str, Any]) -> Any:

@@ -112,6 +112,22 @@ def test_the_result_writes_to_parquet_and_reads_back(tmp_path):
     assert back.loc[1007, "embedding_error"].startswith("HTTP") or back.loc[1007, "embedding_error"]
 
 
+def test_to_parquet_with_each_partitions_own_schema_reads_back_with_dask(tmp_path):
+    """``to_parquet(path, schema=None)`` (each partition's schema, not one inferred from
+    dask's stand-in rows) writes the result as it is, and ``dd.read_parquet`` gives the
+    vectors back as float32 arrays on their rows."""
+    ddf = dd.from_pandas(_frame(20), npartitions=2)
+    with Simulator() as sim:
+        out = ddf.llm.embed("text", base_url=sim.base_url, api_key=KEY, cache=False)
+        out.to_parquet(tmp_path / "out", schema=None, compute_kwargs={"scheduler": "threads"})
+    back = dd.read_parquet(tmp_path / "out").compute()
+    assert back.index.tolist() == list(range(1000, 1020))
+    vector = back.loc[1001, "embedding"]
+    assert vector.dtype == np.float32
+    np.testing.assert_array_equal(vector, expected_embedding("text 1"))
+    assert "empty" in back.loc[1007, "embedding_error"]
+
+
 def test_partitions_on_threads_share_the_jobs_limit():
     """4 partitions on the threaded scheduler told 3,000 RPM stay under it together."""
     df = pd.DataFrame({"text": [f"t{i}" for i in range(200)]})

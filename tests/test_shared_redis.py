@@ -155,3 +155,46 @@ def test_two_dfbatch_run_commands_share_one_budget_with_limiter(redis_server, tm
         out = path.with_name(path.stem + "_results.jsonl")
         assert len(out.read_text().splitlines()) == 150
     assert rate_limited <= 3
+
+
+@pytest.mark.parametrize("command", ["embed", "complete"])
+def test_dfbatch_embed_and_complete_take_limiter(redis_server, tmp_path, command):
+    """`dfbatch embed/complete --limiter redis://...` lease from Redis: the account's book is
+    there afterwards (named by a hash, never the key), and every row is answered."""
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"text": [f"row {i}" for i in range(30)]}).to_csv(src, index=False)
+    out = tmp_path / "out.parquet"
+    what = ["--column", "text"] if command == "embed" else ["--prompt", "Say {text}"]
+    with Simulator(rpm=3000) as sim:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dfbatch",
+                command,
+                str(src),
+                str(out),
+                *what,
+                "--base-url",
+                sim.base_url,
+                "--rpm",
+                "3000",
+                "--limiter",
+                redis_server.url,
+                "--no-cache",
+                "--api-key",
+                "sk-test",
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = pd.read_parquet(out)
+    assert (
+        len(got) == 30
+        and got[f"{'embedding' if command == 'embed' else 'completion'}_error"].isna().all()
+    )
+    keys = redis.Redis.from_url(redis_server.url).keys("dfbatch:lease:*")
+    assert len(keys) == 1 and b"sk-test" not in keys[0]

@@ -72,6 +72,27 @@ def test_embed_estimate_equals_what_the_server_bills(opts, sim) -> None:  # type
     assert again.cost_usd_high == 0
 
 
+def test_embed_estimate_packs_as_the_run_does_when_tpm_is_given(opts, sim) -> None:  # type: ignore[no-untyped-def]
+    """With ``tpm`` given, the run packs no more than half a second's share of it per request;
+    the estimate plans the same packs, so its request count is the run's."""
+    df = pd.DataFrame({"text": texts(3000)})
+    est = df.llm.estimate.embed("text", tpm=600_000, **opts)  # packs of at most 5,000 tokens
+    out = df.llm.embed("text", tpm=600_000, **opts)
+    assert est.requests == out.attrs["dfbatch"]["requests"] > 2  # not ceil(3000 / 2048)
+    assert est.input_tokens == out.attrs["dfbatch"]["tokens_used"]
+
+
+def test_estimate_checks_the_options_as_the_call_does(opts) -> None:  # type: ignore[no-untyped-def]
+    """The estimate refuses what the call refuses, before planning anything."""
+    df = pd.DataFrame({"text": texts(3)})
+    with pytest.raises(ConfigurationError, match="temperature"):
+        df.llm.estimate.complete("Say {text}", temperature=float("nan"), **opts)
+    with pytest.raises(ConfigurationError, match="dimensions"):
+        df.llm.estimate.embed("text", dimensions=float("inf"), **opts)
+    with pytest.raises(ConfigurationError, match="output"):
+        df.llm.estimate.embed("text", output=None, **opts)
+
+
 @pytest.mark.parametrize(
     ("prompt", "kwargs"),
     [

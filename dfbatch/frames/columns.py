@@ -118,10 +118,9 @@ async def embed_values(
     errors: str,
     options: RunOptions,
 ) -> pd.DataFrame:
-    _check_errors(errors)
-    _check_names(output=output, model=model)
-    dimensions = check_whole("dimensions", dimensions, optional=True)
-    batch_size = check_whole("batch_size", batch_size, optional=True)
+    dimensions, batch_size = check_embed_options(
+        errors=errors, output=output, model=model, dimensions=dimensions, batch_size=batch_size
+    )
     job = EmbedJob.plan(values, model=model, dimensions=dimensions, truncate=truncate)
     cache = options.open_cache()
     try:
@@ -141,11 +140,8 @@ async def embed_values(
                 cache.maybe_flush()
             return done
 
-        # A pack fits in what the server takes at once (the engine also splits one that
-        # does not, once the server has told the limit).
-        share = options.tpm / 60.0 * C.EMBED_PACK_WINDOW_SHARE if options.tpm else None
         figures = await execute(
-            job.requests(batch_size=batch_size, encoding_format="base64", max_tokens=share),
+            embed_requests(job, batch_size, options),
             on_outcome,
             options=options,
             total_rows=job.n_rows,
@@ -288,6 +284,66 @@ def _call(prompt: Any, row: Row) -> Any:
         return _BadPrompt(f"invalid prompt: the prompt function raised {type(exc).__name__}: {exc}")
 
 
+def check_embed_options(
+    *, errors: str, output: Any, model: Any, dimensions: Any, batch_size: Any
+) -> tuple[int | None, int | None]:
+    """The options of an embed call, checked before anything is planned or sent (the run and
+    its estimate alike); returns ``dimensions`` and ``batch_size`` as whole numbers."""
+    _check_errors(errors)
+    _check_names(output=output, model=model)
+    return (
+        check_whole("dimensions", dimensions, optional=True),
+        check_whole("batch_size", batch_size, optional=True),
+    )
+
+
+def embed_requests(job: EmbedJob, batch_size: int | None, options: RunOptions) -> Any:
+    """The requests an embed call sends, and its estimate counts: a pack fits in what the
+    server takes at once when the TPM is known (the engine also splits one that does not,
+    once the server has told the limit)."""
+    share = options.tpm / 60.0 * C.EMBED_PACK_WINDOW_SHARE if options.tpm else None
+    return job.requests(batch_size=batch_size, encoding_format="base64", max_tokens=share)
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """A complete call's request options, checked."""
+
+    n: int
+    max_tokens: int | None
+    temperature: float | None
+    spec: dict[str, Any] | None  # the response_format sent
+    model_cls: Any  # a pydantic model to parse answers into, or None
+    wants_json: bool
+
+
+def check_chat_options(
+    *,
+    errors: str,
+    output: Any,
+    model: Any,
+    n: Any,
+    max_tokens: Any,
+    temperature: Any,
+    response_format: Any,
+    expand: bool,
+) -> ChatOptions:
+    """The options of a complete call, checked before anything is planned or sent (the run
+    and its estimate alike): finite numbers in range, a response format that fits ``expand``."""
+    _check_errors(errors)
+    _check_names(output=output, model=model)
+    n = check_whole("n", n)
+    max_tokens = check_whole("max_tokens", max_tokens, optional=True)
+    temperature = check_number(
+        "temperature", temperature, above=None, at_least=0, at_most=2, optional=True
+    )
+    spec, model_cls = _chat.response_format_spec(response_format)
+    wants_json = spec is not None and spec.get("type") in ("json_object", "json_schema")
+    if expand and not wants_json:
+        raise ConfigurationError("expand=True needs a response_format that gives JSON objects")
+    return ChatOptions(n, max_tokens, temperature, spec, model_cls, wants_json)  # type: ignore[arg-type]
+
+
 @dataclass
 class ChatPlan:
     """The requests a ``complete`` call makes: one body per distinct prompt, with its rows."""
@@ -300,13 +356,10 @@ class ChatPlan:
 def plan_chat(
     frame: pd.DataFrame,
     prompt: _chat.Prompt,
+    checked: ChatOptions,
     *,
     model: str,
     system: str | None,
-    max_tokens: int | None,
-    temperature: float | None,
-    spec: dict[str, Any] | None,
-    n: int,
     extra_body: dict[str, Any] | None,
     positional: str | None,
 ) -> ChatPlan:
@@ -333,10 +386,10 @@ def plan_chat(
         body = _chat.build_body(
             messages,
             model=model,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            response_format=spec,
-            n=n,
+            max_tokens=checked.max_tokens,
+            temperature=checked.temperature,
+            response_format=checked.spec,
+            n=checked.n,
             extra=extra_body,
         )
         key = request_key(_chat.ENDPOINT, body)
@@ -365,17 +418,17 @@ async def complete_frame(
     options: RunOptions,
     positional: Any = None,
 ) -> pd.DataFrame:
-    _check_errors(errors)
-    _check_names(output=output, model=model)
-    n = check_whole("n", n)  # type: ignore[assignment]
-    max_tokens = check_whole("max_tokens", max_tokens, optional=True)
-    temperature = check_number(
-        "temperature", temperature, above=None, at_least=0, at_most=2, optional=True
+    checked = check_chat_options(
+        errors=errors,
+        output=output,
+        model=model,
+        n=n,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        response_format=response_format,
+        expand=expand,
     )
-    spec, model_cls = _chat.response_format_spec(response_format)
-    wants_json = spec is not None and spec.get("type") in ("json_object", "json_schema")
-    if expand and not wants_json:
-        raise ConfigurationError("expand=True needs a response_format that gives JSON objects")
+    n, wants_json, model_cls = checked.n, checked.wants_json, checked.model_cls
     rows = len(frame)
     values = np.full(rows, None, dtype=object)
     prompt_tokens = np.full(rows, None, dtype=object)
@@ -383,17 +436,9 @@ async def complete_frame(
     costs = np.full(rows, None, dtype=object)
     price = options.price_of(model)
     plan = plan_chat(
-        frame,
-        prompt,
-        model=model,
-        system=system,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        spec=spec,
-        n=n,
-        extra_body=extra_body,
+        frame, prompt, checked, model=model, system=system, extra_body=extra_body,
         positional=positional,
-    )
+    )  # fmt: skip
     prompts, bodies, errs = plan.prompts, plan.bodies, plan.errors
 
     def place(response: Any, positions: list[int], sent: dict[str, Any]) -> int:

@@ -15,14 +15,13 @@ from typing import Any
 
 import pandas as pd
 
-from ..engine.errors import ConfigurationError
 from ..engine.tokens import estimate_request_tokens
 from ..engine.types import Request
 from ..jobs import chat as _chat
 from ..jobs.embed import EmbedJob
 from ..jobs.estimate import Estimate, EstimateBuilder
 from ..jobs.run import RunOptions
-from .columns import _check_errors, plan_chat
+from .columns import check_chat_options, check_embed_options, embed_requests, plan_chat
 
 #: The key an estimate is planned with when none is given: never sent anywhere.
 NO_KEY = "unused: an estimate sends nothing"
@@ -43,6 +42,7 @@ def estimate_embed(
     values: Sequence[Any],
     *,
     model: str,
+    output: str,
     dimensions: int | None,
     batch_size: int | None,
     truncate: bool,
@@ -50,9 +50,9 @@ def estimate_embed(
     options: RunOptions,
     **_: Any,
 ) -> Estimate:
-    _check_errors(errors)
-    if batch_size is not None and batch_size < 1:
-        raise ConfigurationError(f"batch_size must be at least 1, got {batch_size}")
+    dimensions, batch_size = check_embed_options(
+        errors=errors, output=output, model=model, dimensions=dimensions, batch_size=batch_size
+    )
     options.check_price(model)
     job = EmbedJob.plan(values, model=model, dimensions=dimensions, truncate=truncate)
     builder = _builder(model, options)
@@ -64,7 +64,7 @@ def estimate_embed(
         if cache is not None and cache is not options.cache:
             cache.close()
     job.count_tokens()
-    for request in job.requests(batch_size=batch_size, encoding_format="base64"):
+    for request in embed_requests(job, batch_size, options):
         builder.add(request, rows=sum(len(job.rows_of[u]) for u in request.meta))
     est = builder.finish(no_output=True)
     est.rows_not_sent = job.not_sent
@@ -77,6 +77,7 @@ def estimate_complete(
     prompt: _chat.Prompt,
     *,
     model: str,
+    output: str,
     system: str | None,
     max_tokens: int | None,
     temperature: float | None,
@@ -89,26 +90,21 @@ def estimate_complete(
     positional: str | None = None,
     **_: Any,
 ) -> Estimate:
-    _check_errors(errors)
-    if n < 1:
-        raise ConfigurationError(f"n must be at least 1, got {n}")
-    spec, _model_cls = _chat.response_format_spec(response_format)
-    wants_json = spec is not None and spec.get("type") in ("json_object", "json_schema")
-    if expand and not wants_json:
-        raise ConfigurationError("expand=True needs a response_format that gives JSON objects")
-    options.check_price(model)
-    plan = plan_chat(
-        frame,
-        prompt,
+    checked = check_chat_options(
+        errors=errors,
+        output=output,
         model=model,
-        system=system,
+        n=n,
         max_tokens=max_tokens,
         temperature=temperature,
-        spec=spec,
-        n=n,
-        extra_body=extra_body,
-        positional=positional,
+        response_format=response_format,
+        expand=expand,
     )
+    options.check_price(model)
+    plan = plan_chat(
+        frame, prompt, checked, model=model, system=system, extra_body=extra_body,
+        positional=positional,
+    )  # fmt: skip
     bodies = plan.bodies
     builder = _builder(model, options)
     cache = options.open_cache()

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import pandas as pd
 import pytest
 from _hostile import HostileApi
+from _raw_http import RawServer
 
 import dfbatch  # noqa: F401  (registers .llm)
 from dfbatch import ApiConfig, ConfigurationError
@@ -45,15 +46,14 @@ TRANSPORTS: dict[str, Callable[[], Transport]] = {
 }
 
 
-class HostileServer:
+class HostileServer(RawServer):
     """Answers a request whose body holds ``bad`` with ``script`` (which writes what it likes
     and says whether to keep the connection), any other with a small 200. Counts connections,
     requests, and the bytes the hostile script managed to send; ``done`` is set when it ends."""
 
     def __init__(self, script: Script) -> None:
+        super().__init__()
         self.script = script
-        self.connections = 0
-        self.requests: list[bytes] = []
         self.sent = 0
         self.done = asyncio.Event()
 
@@ -62,40 +62,15 @@ class HostileServer:
         await writer.drain()
         self.sent += len(data)
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
+    async def respond(self, request: bytes, writer: asyncio.StreamWriter) -> bool:
+        if b"bad" not in request.partition(b"\r\n\r\n")[2]:
+            ok = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+            writer.write(ok % (len(OK_BODY), OK_BODY))
+            return True
         try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                request = head + await reader.readexactly(length)
-                self.requests.append(request)
-                if b"bad" not in request.partition(b"\r\n\r\n")[2]:
-                    ok = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                    writer.write(ok % (len(OK_BODY), OK_BODY))
-                    continue
-                try:
-                    keep = await self.script(self, writer)
-                finally:
-                    self.done.set()
-                if not keep:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+            return await self.script(self, writer)
         finally:
-            writer.close()
-
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1/embeddings"
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.server.close()
+            self.done.set()
 
 
 async def announced_huge(server: HostileServer, writer: asyncio.StreamWriter) -> bool:

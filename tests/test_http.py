@@ -8,6 +8,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
+from _raw_http import RawServer
 
 from dfbatch import ConfigurationError
 from dfbatch.engine.http_client import HttpTransport, default_transport
@@ -17,47 +18,22 @@ HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-test"
 Answer = Callable[[bytes], Awaitable[bytes | None]]  # request head+body -> bytes to send back
 
 
-class ScriptedServer:
-    """Reads each request (head and Content-Length body) and writes what ``answer`` returns;
-    None closes the connection without an answer. Counts connections and requests."""
+class ScriptedServer(RawServer):
+    """Writes what ``answer`` returns for each request; None closes the connection without an
+    answer. Counts connections and requests."""
 
     def __init__(self, answer: Answer, *, close_after: bool = False) -> None:
+        super().__init__()
         self.answer = answer
         self.close_after = close_after
-        self.connections = 0
-        self.requests: list[bytes] = []
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                request = head + await reader.readexactly(length)
-                self.requests.append(request)
-                reply = await self.answer(request)
-                if reply is None:
-                    break
-                writer.write(reply)
-                await writer.drain()
-                if self.close_after:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1/embeddings"
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.server.close()
+    async def respond(self, request: bytes, writer: asyncio.StreamWriter) -> bool:
+        reply = await self.answer(request)
+        if reply is None:
+            return False
+        writer.write(reply)
+        await writer.drain()
+        return not self.close_after
 
 
 def ok(body: bytes = b'{"ok": true}', extra: bytes = b"") -> Answer:

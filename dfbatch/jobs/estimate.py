@@ -19,7 +19,6 @@ result is an ``Estimate``: plain attributes, ``str()`` as text and an HTML table
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +26,9 @@ from ..engine import constants as C
 from ..engine.budget import output_bound
 from ..engine.prices import Price, format_usd, price_for, tokens_cost
 from ..engine.types import Request
+from .display import html_table, text_table
+
+_TITLE = "dfbatch estimate (nothing sent)"
 
 
 @dataclass
@@ -207,19 +209,10 @@ class Estimate:
         ]
 
     def __str__(self) -> str:
-        lines = self._lines()
-        width = max(len(k) for k, _ in lines)
-        return "dfbatch estimate (nothing sent)\n" + "\n".join(
-            f"  {k:<{width}}  {v}" for k, v in lines
-        )
+        return text_table(_TITLE, self._lines())
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
-            f"<td style='text-align:right'>{html.escape(v)}</td></tr>"
-            for k, v in self._lines()
-        )
-        return f"<table><caption>dfbatch estimate (nothing sent)</caption>{rows}</table>"
+        return html_table(_TITLE, self._lines())
 
     def __repr__(self) -> str:
         low, high = self.cost_usd_low, self.cost_usd_high

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .display import html_table, text_table
 from .progress import format_usd
 
 PLOT_HINT = 'plotting a run report needs matplotlib: pip install "dfbatch[plot]"'
@@ -74,17 +75,10 @@ class RunReport:
         return rows
 
     def __str__(self) -> str:
-        rows = self._rows()
-        width = max(len(k) for k, _ in rows)
-        return "dfbatch run report\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+        return text_table("dfbatch run report", self._rows())
 
     def _table_html(self) -> str:
-        cells = "".join(
-            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
-            f"<td style='text-align:right'>{html.escape(v)}</td></tr>"
-            for k, v in self._rows()
-        )
-        return f"<table><caption>dfbatch run report</caption>{cells}</table>"
+        return html_table("dfbatch run report", self._rows())
 
     def _repr_html_(self) -> str:
         try:

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -426,13 +426,16 @@ class BatchRun:
         # ones: first its shape (what another call's rows picked up on the way get), then
         # against the request it answers.
         if error is None:
-            error = _invalid(self.endpoint, _neutral_body(self.endpoint, response), response)
+            _, error = _checked(self.endpoint, _neutral_body(self.endpoint, response), response)
         outcome = self.lines.outcome(keys, response if error is None else None, error)
         if outcome is not None and outcome.error is None:
             request = outcome.request
-            problem = _invalid(request.endpoint, request.body, outcome.response)
-            if problem is not None:
-                outcome = Outcome(request, error=problem, attempts=outcome.attempts)
+            value, problem = _checked(request.endpoint, request.body, outcome.response)
+            outcome = (
+                Outcome(request, error=problem, attempts=outcome.attempts)
+                if problem is not None
+                else replace(outcome, value=value)  # what the check decoded: not read again
+            )
         final = error if outcome is None else outcome.error
         c = self.counts
         c.answered += 1
@@ -546,12 +549,14 @@ def _neutral_body(endpoint: str, response: Any) -> dict[str, Any]:
     return {}
 
 
-def _invalid(endpoint: str, sent: Any, response: Any) -> ErrorInfo | None:
-    """The row error for an answer the endpoint's check refuses (None when it is valid)."""
+def _checked(endpoint: str, sent: Any, response: Any) -> tuple[Any, ErrorInfo | None]:
+    """What the endpoint's check makes of the answer (an embeddings answer's decoded
+    vectors), or the row error when it refuses it."""
     try:
-        answer_check(endpoint, sent if isinstance(sent, dict) else {})(response)
+        return answer_check(endpoint, sent if isinstance(sent, dict) else {})(response), None
     except InvalidAnswer as exc:
-        return ErrorInfo(200, exc.code, str(exc))
+        return None, ErrorInfo(200, exc.code, str(exc))
     except Exception as exc:  # a shape no check foresaw is still only this row's error
-        return ErrorInfo(200, "invalid_response", f"the answer could not be checked ({exc!r})")
-    return None
+        return None, ErrorInfo(
+            200, "invalid_response", f"the answer could not be checked ({exc!r})"
+        )

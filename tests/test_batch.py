@@ -599,3 +599,39 @@ def test_a_refused_key_stops_the_batch_run_at_once(opts, tmp_path) -> None:  # t
         (job,) = record.jobs()
         assert job.state == "writing"  # dropped by the next run: nothing reached the server
         record.close()
+
+
+def test_a_batch_line_that_echoes_the_key_reaches_the_row_without_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An error line of a batch's error file is made a row's error with the key and any
+    Bearer token scrubbed, as an online error is; the Batch API client's own messages too."""
+    from dfbatch.batch.api import BatchApi
+    from dfbatch.batch.backend import BatchRun
+    from dfbatch.batch.lines import LineError
+    from dfbatch.engine.config import ApiConfig
+    from dfbatch.engine.types import ErrorInfo, Outcome, Request
+
+    key = "sk-echoed-0123456789"
+    api = ApiConfig.resolve(base_url="http://127.0.0.1:9/v1", api_key=key)
+    got: list[Outcome] = []
+
+    class Lines:
+        scope = "requests"
+
+        def outcome(self, keys, response=None, error=None):  # type: ignore[no-untyped-def]
+            return Outcome(Request(keys[0].hex(), "/chat/completions", {}, 1), response, error)
+
+    record = BatchRecord(tmp_path / "c.sqlite")
+    try:
+        run = BatchRun(
+            api, record, endpoint="/chat/completions", model="m", lines=Lines(),
+            on_outcome=got.append,
+        )  # fmt: skip
+        said = f"Incorrect API key provided: {key}. Authorization: Bearer tok-abcdefgh"
+        run._deliver([b"\x01"], None, ErrorInfo(401, "invalid_api_key", said))
+        run._deliver([b"\x02"], None, LineError(None, "batch_expired", f"expired ({key})"))
+    finally:
+        record.close()
+    texts = [str(o.error) for o in got]
+    assert len(texts) == 2 and all(key not in t and "tok-abcdefgh" not in t for t in texts)
+    assert "<redacted>" in texts[0] and texts[1].startswith("batch batch_expired")
+    assert key not in BatchApi(api)._redact(f"a message with {key} in it")

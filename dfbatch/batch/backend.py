@@ -35,7 +35,7 @@ import orjson
 from ..cache.batch_record import BatchRecord, JobRow, custom_id, parse_custom_id, server_id
 from ..engine import constants as C
 from ..engine.answers import answer_check
-from ..engine.config import ApiConfig
+from ..engine.config import ApiConfig, scrub_error
 from ..engine.errors import ConfigurationError, DfbatchError, RunAbortedError
 from ..engine.retry import InvalidAnswer
 from ..engine.types import ErrorInfo, Outcome, Request
@@ -135,6 +135,7 @@ class BatchRun:
         if interval <= 0:
             raise ConfigurationError(f"poll_interval must be positive, got {poll_interval}")
         self.api = api
+        self._secrets = api.secrets()
         self.record = record
         self.endpoint = endpoint
         self.url = "/v1/" + endpoint.lstrip("/")
@@ -424,8 +425,10 @@ class BatchRun:
     def _deliver(self, keys: list[bytes], response: Any, error: ErrorInfo | None) -> None:
         # Every answer is checked before it counts or is cached, as the engine checks online
         # ones: first its shape (what another call's rows picked up on the way get), then
-        # against the request it answers.
-        if error is None:
+        # against the request it answers. A line's error may echo the key, as online ones.
+        if error is not None:
+            error = scrub_error(error, self._secrets)
+        else:
             _, error = _checked(self.endpoint, _neutral_body(self.endpoint, response), response)
         outcome = self.lines.outcome(keys, response if error is None else None, error)
         if outcome is not None and outcome.error is None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit, urlunsplit
 
 from . import constants as C
 from .errors import ConfigurationError
+from .types import ErrorInfo
 
 
 class Secret:
@@ -60,6 +61,24 @@ def redact(text: str, secrets: Iterable[str]) -> str:
         if len(secret) >= _MIN_SECRET:
             text = text.replace(secret, REDACTED)
     return _BEARER.sub(rf"\g<1>{REDACTED}", text)
+
+
+def scrub_error(error: ErrorInfo, secrets: Iterable[str]) -> ErrorInfo:
+    """``error`` with the secrets (and any Bearer token) taken out of every text in it: a
+    server may echo the key ("Incorrect API key provided: sk-..."), and from where an error is
+    made it goes to the error column, results files, log lines and exceptions."""
+    secrets = tuple(secrets)
+
+    def clean(text: str | None) -> str | None:
+        return None if text is None else redact(text, secrets)
+
+    return replace(
+        error,
+        code=clean(error.code),
+        message=redact(error.message, secrets),
+        type=clean(error.type),
+        request_id=clean(error.request_id),
+    )
 
 
 def _check_key(key: str) -> None:

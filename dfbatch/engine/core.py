@@ -26,7 +26,7 @@ from . import constants as C
 from .answers import answer_check
 from .budget import BudgetCap, output_bound
 from .checks import check_number, check_whole
-from .config import ApiConfig, redact
+from .config import ApiConfig, scrub_error
 from .errors import RunAbortedError
 from .gate import Gate, RunStopped
 from .http_client import default_transport
@@ -457,23 +457,9 @@ class Engine:
 
 
 def _scrubbed(verdict: Verdict, secrets: tuple[str, ...]) -> Verdict:
-    """The verdict with the key (and any Bearer token) taken out of every text of its error:
-    a server may echo it ("Incorrect API key provided: sk-..."), and from here the error goes
-    to the error column, results files, log lines and exceptions."""
-    error = verdict.error
-    assert error is not None
-
-    def clean(text: str | None) -> str | None:
-        return None if text is None else redact(text, secrets)
-
-    scrubbed = ErrorInfo(
-        error.status,
-        clean(error.code),
-        redact(error.message, secrets),
-        type=clean(error.type),
-        request_id=clean(error.request_id),
-    )
-    return replace(verdict, error=scrubbed)
+    """The verdict with the key taken out of its error (see :func:`scrub_error`)."""
+    assert verdict.error is not None
+    return replace(verdict, error=scrub_error(verdict.error, secrets))
 
 
 def _parts_to_fit(

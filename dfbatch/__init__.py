@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .batch.backend import BatchFailedError
 from .dask.hook import register_accessor_with_dask
 from .engine.config import ApiConfig
 from .engine.core import Engine
 from .engine.errors import (
     AuthenticationError,
+    BatchFailedError,
     ConfigurationError,
     DfbatchError,
     ModelNotFoundError,
@@ -30,7 +30,6 @@ from .engine.errors import (
 )
 from .engine.types import ErrorInfo, Outcome, Request, RunStats
 from .frames.hook import register_accessor_with_pandas
-from .jobs.batch_job import BatchJob
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 register_accessor_with_pandas()
@@ -38,8 +37,13 @@ register_accessor_with_dask()
 
 __version__ = "0.1.0"
 
-# Loaded on first use: ``import dfbatch`` stays light (no tqdm, no report code).
-_LAZY = {"Estimate": "jobs.estimate", "RunReport": "jobs.report", "report": "jobs.report"}
+# Loaded on first use: ``import dfbatch`` stays light (no tqdm, no report or batch code).
+_LAZY = {
+    "BatchJob": "jobs.batch_job",
+    "Estimate": "jobs.estimate",
+    "RunReport": "jobs.report",
+    "report": "jobs.report",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -51,6 +55,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from .jobs.batch_job import BatchJob
     from .jobs.estimate import Estimate
     from .jobs.report import RunReport, report
 

@@ -36,7 +36,12 @@ from ..cache.batch_record import BatchRecord, JobRow, custom_id, parse_custom_id
 from ..engine import constants as C
 from ..engine.answers import answer_check
 from ..engine.config import ApiConfig, scrub_error
-from ..engine.errors import ConfigurationError, DfbatchError, RunAbortedError
+from ..engine.errors import (
+    BatchFailedError,
+    ConfigurationError,
+    DfbatchError,
+    RunAbortedError,
+)
 from ..engine.retry import InvalidAnswer
 from ..engine.types import ErrorInfo, Outcome, Request
 from .api import BatchApi, BatchApiError
@@ -46,14 +51,6 @@ log = logging.getLogger(__name__)
 
 ENDED = ("completed", "expired", "cancelled")
 STATUSES = ("validating", "in_progress", "finalizing", "cancelling", "failed", *ENDED)
-
-
-class BatchFailedError(RunAbortedError):
-    """A batch ended ``failed``: the API's reasons are in the message and in ``.reasons``."""
-
-    def __init__(self, message: str, *, reasons: list[str]) -> None:
-        super().__init__(message)
-        self.reasons = reasons
 
 
 class BatchSubmitted(DfbatchError):

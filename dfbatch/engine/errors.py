@@ -5,7 +5,8 @@
     ├── RunAbortedError          the server says no request can succeed; the run stops at once
     │   ├── AuthenticationError  401: the API key is wrong or revoked
     │   ├── QuotaExceededError   insufficient_quota / spend limit: add credit or raise the limit
-    │   └── ModelNotFoundError   404 model_not_found: the model name is wrong or not yours
+    │   ├── ModelNotFoundError   404 model_not_found: the model name is wrong or not yours
+    │   └── BatchFailedError     a Batch API batch ended ``failed`` (validation errors)
     └── RowsFailedError          errors="raise": some rows failed after every retry
 
 A row that fails alone (a 400, retries exhausted) is never an exception: it is data, an
@@ -45,6 +46,14 @@ class ModelNotFoundError(RunAbortedError):
     """The model does not exist or this key has no access to it."""
 
 
+class BatchFailedError(RunAbortedError):
+    """A batch ended ``failed``: the API's reasons are in the message and in ``.reasons``."""
+
+    def __init__(self, message: str, *, reasons: list[str]) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+
 class RowsFailedError(DfbatchError):
     """Raised after a run with ``errors="raise"`` when some rows failed."""
 
@@ -64,6 +73,7 @@ for _cls in (
     AuthenticationError,
     QuotaExceededError,
     ModelNotFoundError,
+    BatchFailedError,
     RowsFailedError,
 ):
     _cls.__module__ = "dfbatch"

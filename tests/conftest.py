@@ -73,3 +73,14 @@ def isolated_env(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("DFBATCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+@pytest.fixture
+def opts(sim, tmp_path):  # type: ignore[no-untyped-def]
+    """The options a test's calls share: its module's ``sim``, a key, no bar, a cache of its own."""
+    return {
+        "base_url": sim.base_url,
+        "api_key": "sk-test",
+        "progress": False,
+        "cache": tmp_path / "cache.sqlite",
+    }

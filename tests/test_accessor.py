@@ -21,16 +21,6 @@ def sim():  # type: ignore[no-untyped-def]
         yield s
 
 
-@pytest.fixture
-def opts(sim, tmp_path):  # type: ignore[no-untyped-def]
-    return {
-        "base_url": sim.base_url,
-        "api_key": "sk-test",
-        "progress": False,
-        "cache": tmp_path / "cache.sqlite",
-    }
-
-
 def vec(text: str, dims: int | None = None) -> np.ndarray:
     return expected_embedding(text, model="text-embedding-3-small", dimensions=dims)
 

@@ -30,16 +30,6 @@ def sim():  # type: ignore[no-untyped-def]
         yield s
 
 
-@pytest.fixture
-def opts(sim, tmp_path):  # type: ignore[no-untyped-def]
-    return {
-        "base_url": sim.base_url,
-        "api_key": "sk-test",
-        "progress": False,
-        "cache": tmp_path / "cache.sqlite",
-    }
-
-
 def batch(opts: dict, **more: object) -> dict:
     return {**opts, "backend": "batch", "poll_interval": POLL, **more}
 

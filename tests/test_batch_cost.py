@@ -21,14 +21,8 @@ def sim():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def opts(sim, tmp_path):  # type: ignore[no-untyped-def]
-    return {
-        "base_url": sim.base_url,
-        "api_key": "sk-test",
-        "progress": False,
-        "cache": tmp_path / "cache.sqlite",
-        "model": MODEL,
-    }
+def opts(opts):  # type: ignore[no-untyped-def]
+    return {**opts, "model": MODEL}
 
 
 def frame(n: int) -> pd.DataFrame:

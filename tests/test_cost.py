@@ -18,16 +18,6 @@ def sim():  # type: ignore[no-untyped-def]
         yield s
 
 
-@pytest.fixture
-def opts(sim, tmp_path):  # type: ignore[no-untyped-def]
-    return {
-        "base_url": sim.base_url,
-        "api_key": "sk-test",
-        "progress": False,
-        "cache": tmp_path / "cache.sqlite",
-    }
-
-
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
     "Ünïcödé, emoji 🎉 and <|endoftext|> are plain text here.",

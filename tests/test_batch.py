@@ -184,6 +184,28 @@ def test_every_step_is_recorded_and_the_job_ends_done(sim, opts) -> None:  # typ
     record.close()
 
 
+def test_a_record_from_before_lines_kept_what_they_asked_still_opens(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A cache whose batch_lines table has no ``asked`` column (an older version's, maybe
+    with a batch still running) opens: its lines keep their keys, new lines keep theirs."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE batch_lines (job INTEGER NOT NULL, line INTEGER NOT NULL, "
+        "keys BLOB NOT NULL, PRIMARY KEY (job, line)) WITHOUT ROWID"
+    )
+    conn.execute("INSERT INTO batch_lines VALUES (1, 0, ?)", (bytes(32),))
+    conn.commit()
+    conn.close()
+    record = BatchRecord(path)
+    assert record.line_keys(1) == {0: [bytes(32)]} and record.line_asked(1) == {}
+    job = record.begin(server="s", endpoint="/embeddings", model="m")
+    record.add_lines(job, [(0, bytes(32), {"inputs": 1, "dimensions": 8}), (1, bytes(32), None)])
+    assert record.line_asked(job) == {0: {"inputs": 1, "dimensions": 8}}
+    record.close()
+
+
 def test_waves_meet_the_enqueued_token_limit(sim, opts, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Batches refused for the enqueued-token limit are created again as earlier ones end."""
     monkeypatch.setattr(C, "BATCH_MAX_LINES", 4)

@@ -219,3 +219,44 @@ def test_run_batch_refuses_a_budget_it_cannot_keep(sim, tmp_path, capsys) -> Non
     assert sim.batches.stats.batches_created == 0
     assert main(["run", str(src), "--url", url, "--batch", "--dry-run"]) == 0
     assert "Batch API |" in capsys.readouterr().out
+
+
+def test_run_batch_checks_each_answer_against_its_line_before_caching(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """dfbatch run --batch keeps no request bodies while it waits, yet an answer that is not
+    what its line asked (vectors one number short of dimensions=8, two choices where n=1)
+    is that line's error and is not cached: the rerun submits exactly those lines again."""
+    src = tmp_path / "req.jsonl"
+    with src.open("w") as fh:
+        for i in range(6):
+            body = {"model": "text-embedding-3-small", "input": f"line {i}", "dimensions": 8}
+            fh.write(json.dumps(body) + "\n")
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(src), "-o", str(out), "--batch", "--no-progress", "--log-level", "40"]
+    args += ["--url", sim.base_url + "/embeddings", "--poll-interval", "0.02"]
+    sim.batches.faults.wrong_answers = 2
+    assert main(args) == 1
+    results = _results(out)
+    bad = [r for r in results if "data" not in r[1]]
+    assert len(bad) == 2
+    assert all("vectors of 7 dimensions where dimensions=8 was asked" in json.dumps(r) for r in bad)
+    for r in results:
+        if "data" in r[1]:
+            assert len(r[1]["data"][0]["embedding"]) == 8 or isinstance(
+                r[1]["data"][0]["embedding"], str
+            )
+    sim.batches.faults.wrong_answers = 0
+    out.unlink()
+    assert main(args) == 0  # only the two refused answers are asked again
+    assert sum(sim.batches.stats.submitted.values()) == 6 + 2
+    assert sorted(t for t, k in sim.batches.stats.submitted.items() if k == 2) == sorted(
+        r[0]["input"] for r in bad
+    )
+
+    chat = tmp_path / "chat.jsonl"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "n": 1}
+    chat.write_text(json.dumps(body) + "\n")
+    args = ["run", str(chat), "-o", str(tmp_path / "chat_out.jsonl"), "--batch"]
+    args += ["--url", sim.base_url + "/chat/completions", "--poll-interval", "0.02"]
+    sim.batches.faults.wrong_answers = 1
+    assert main([*args, "--no-progress", "--log-level", "40"]) == 1
+    assert "2 choices where n=1 was asked" in (tmp_path / "chat_out.jsonl").read_text()

@@ -34,7 +34,7 @@ import orjson
 
 from ..cache.batch_record import BatchRecord, JobRow, custom_id, parse_custom_id, server_id
 from ..engine import constants as C
-from ..engine.answers import answer_check
+from ..engine.answers import answer_check, asked_of, check_as_asked
 from ..engine.config import ApiConfig, scrub_error
 from ..engine.errors import (
     BatchFailedError,
@@ -42,7 +42,7 @@ from ..engine.errors import (
     DfbatchError,
     RunAbortedError,
 )
-from ..engine.retry import InvalidAnswer
+from ..engine.retry import Check, InvalidAnswer
 from ..engine.types import ErrorInfo, Outcome, Request
 from .api import BatchApi, BatchApiError
 from .lines import BatchLines, LineError, missing, read_line
@@ -236,7 +236,7 @@ class BatchRun:
         path = Path(name)
         embeddings = self.endpoint.rstrip("/").endswith("embeddings")
         size = inputs = n = 0
-        recorded: list[tuple[int, bytes]] = []
+        recorded: list[tuple[int, bytes, dict[str, Any]]] = []
         with os.fdopen(fd, "wb") as out:
             item: tuple[Request, list[bytes]] | None = first
             while item is not None:
@@ -261,7 +261,7 @@ class BatchRun:
                 out.write(b"\n")
                 size += len(line) + 1
                 inputs += more_inputs
-                recorded.append((n, b"".join(keys)))
+                recorded.append((n, b"".join(keys), asked_of(self.url, request.body)))
                 self.counts.tokens_estimated += request.tokens
                 n += 1
                 item = next(stream, None)
@@ -383,6 +383,7 @@ class BatchRun:
 
     async def _download(self, client: BatchApi, job: JobRow, batch: dict[str, Any]) -> None:
         keys_by_line = self.record.line_keys(job.id)
+        asked_by_line = self.record.line_asked(job.id)
         seen: set[int] = set()
         for name in ("output_file_id", "error_file_id"):
             file_id = batch.get(name)
@@ -396,7 +397,7 @@ class BatchRun:
             try:
                 await client.download(file_id, path)
                 for raw in _lines(path):
-                    self._line(job, raw, keys_by_line, seen)
+                    self._line(job, raw, keys_by_line, asked_by_line, seen)
             finally:
                 path.unlink(missing_ok=True)
         status = str(batch.get("status"))
@@ -406,7 +407,12 @@ class BatchRun:
         self.record.done(job.id, status=status)
 
     def _line(
-        self, job: JobRow, raw: bytes | None, keys_by_line: dict[int, list[bytes]], seen: set[int]
+        self,
+        job: JobRow,
+        raw: bytes | None,
+        keys_by_line: dict[int, list[bytes]],
+        asked_by_line: dict[int, dict[str, Any]],
+        seen: set[int],
     ) -> None:
         if raw is None:  # a line over the size bound
             self.counts.bad_lines += 1
@@ -417,14 +423,26 @@ class BatchRun:
             self.counts.bad_lines += 1  # its request is answered as missing below
             return
         seen.add(where[1])
-        self._deliver(keys_by_line[where[1]], result.response, result.error)
+        self._deliver(
+            keys_by_line[where[1]], result.response, result.error, asked_by_line.get(where[1])
+        )
 
-    def _deliver(self, keys: list[bytes], response: Any, error: ErrorInfo | None) -> None:
+    def _deliver(
+        self,
+        keys: list[bytes],
+        response: Any,
+        error: ErrorInfo | None,
+        asked: dict[str, Any] | None = None,
+    ) -> None:
         # Every answer is checked before it counts or is cached, as the engine checks online
-        # ones: first its shape (what another call's rows picked up on the way get), then
-        # against the request it answers. A line's error may echo the key, as online ones.
+        # ones: first against what its line asked, as recorded (all that `dfbatch run
+        # --batch` and another call's rows picked up on the way get; a line recorded by an
+        # older version has only its shape checked), then against the request it answers.
+        # A line's error may echo the key, as online ones.
         if error is not None:
             error = scrub_error(error, self._secrets)
+        elif asked is not None:
+            _, error = _checked_with(check_as_asked(self.endpoint, asked), response)
         else:
             _, error = _checked(self.endpoint, _neutral_body(self.endpoint, response), response)
         outcome = self.lines.outcome(keys, response if error is None else None, error)
@@ -552,8 +570,12 @@ def _neutral_body(endpoint: str, response: Any) -> dict[str, Any]:
 def _checked(endpoint: str, sent: Any, response: Any) -> tuple[Any, ErrorInfo | None]:
     """What the endpoint's check makes of the answer (an embeddings answer's decoded
     vectors), or the row error when it refuses it."""
+    return _checked_with(answer_check(endpoint, sent if isinstance(sent, dict) else {}), response)
+
+
+def _checked_with(check: Check, response: Any) -> tuple[Any, ErrorInfo | None]:
     try:
-        return answer_check(endpoint, sent if isinstance(sent, dict) else {})(response), None
+        return check(response), None
     except InvalidAnswer as exc:
         return None, ErrorInfo(200, exc.code, str(exc))
     except Exception as exc:  # a shape no check foresaw is still only this row's error

@@ -13,7 +13,9 @@ point leaves a record that a rerun can act on without paying twice:
 
 Two tables beside the cache's own (which ignores them): ``batch_jobs`` (one row per input
 file and batch: ids, endpoint, model, server, state, the API's status and counts) and
-``batch_lines`` (per line of the input file, the 32-byte cache keys it answers, concatenated).
+``batch_lines`` (per line of the input file, the 32-byte cache keys it answers, concatenated,
+and what its answer is checked against: the few fields of its body that
+:func:`dfbatch.engine.answers.asked_of` keeps, as JSON; the body itself is gone by then).
 A line's ``custom_id`` is ``dfb-<job>-<line>``. The server is kept as a hash of the base URL
 (never the key), so a record is reconciled only against the server that holds the batch; the
 ``scope`` says what kind of keys the lines hold (``requests``: one request key a line;
@@ -57,6 +59,7 @@ _SCHEMA = (
         job INTEGER NOT NULL,
         line INTEGER NOT NULL,
         keys BLOB NOT NULL,
+        asked TEXT,
         PRIMARY KEY (job, line)
     ) WITHOUT ROWID""",
 )
@@ -139,6 +142,9 @@ class BatchRecord:
         self._conn.execute("PRAGMA synchronous = NORMAL")
         for statement in _SCHEMA:
             self._conn.execute(statement)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(batch_lines)")}
+        if "asked" not in columns:  # a record written by an older version: its lines have none
+            self._conn.execute("ALTER TABLE batch_lines ADD COLUMN asked TEXT")
 
     def close(self) -> None:
         self._conn.close()
@@ -158,12 +164,17 @@ class BatchRecord:
         )
         return int(cur.lastrowid or 0)
 
-    def add_lines(self, job: int, lines: Iterable[tuple[int, bytes]]) -> None:
-        """Record (line, concatenated keys) pairs of ``job``, in one transaction."""
+    def add_lines(
+        self, job: int, lines: Iterable[tuple[int, bytes, dict[str, Any] | None]]
+    ) -> None:
+        """Record (line, concatenated keys, what was asked) of ``job``, in one transaction."""
         with self._transaction() as conn:
             conn.executemany(
-                "INSERT OR REPLACE INTO batch_lines (job, line, keys) VALUES (?, ?, ?)",
-                ((job, line, keys) for line, keys in lines),
+                "INSERT OR REPLACE INTO batch_lines (job, line, keys, asked) VALUES (?, ?, ?, ?)",
+                (
+                    (job, line, keys, None if asked is None else json.dumps(asked))
+                    for line, keys, asked in lines
+                ),
             )
             conn.execute(
                 "UPDATE batch_jobs SET lines = (SELECT COUNT(*) FROM batch_lines WHERE job = ?),"
@@ -241,6 +252,21 @@ class BatchRecord:
         """Each line of ``job``: the keys it answers."""
         rows = self._conn.execute("SELECT line, keys FROM batch_lines WHERE job = ?", (job,))
         return {line: split_keys(keys) for line, keys in rows}
+
+    def line_asked(self, job: int) -> dict[int, dict[str, Any]]:
+        """Each line of ``job`` that has it: what its answer is checked against."""
+        rows = self._conn.execute(
+            "SELECT line, asked FROM batch_lines WHERE job = ? AND asked IS NOT NULL", (job,)
+        )
+        out: dict[int, dict[str, Any]] = {}
+        for line, text in rows:
+            try:
+                asked = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(asked, dict):
+                out[line] = asked
+        return out
 
     def covered_keys(self, jobs: Iterable[int]) -> Iterator[bytes]:
         """Every key the lines of ``jobs`` answer."""

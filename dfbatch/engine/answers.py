@@ -52,6 +52,56 @@ def answer_check(endpoint: str, sent: Mapping[str, Any]) -> Check:
     return check_usage
 
 
+def asked_of(endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a request ``body`` that :func:`answer_check` reads, small enough to keep
+    for every line of a Batch API file: a batch's answers come back long after the bodies are
+    gone, and are checked against this (:func:`check_as_asked`) before they are cached.
+
+    >>> asked_of("/v1/embeddings", {"model": "m", "input": ["a", "b"], "dimensions": 8})
+    {'inputs': 2, 'dimensions': 8, 'model': 'm'}
+    >>> asked_of("/v1/chat/completions", {"model": "m", "messages": [], "n": 2})
+    {'n': 2}
+    """
+    path = "/" + urlsplit(endpoint).path.strip("/")
+    asked: dict[str, Any] = {}
+    if path.endswith("/embeddings"):
+        asked["inputs"] = input_count(body.get("input"))
+        if type(body.get("dimensions")) is int:
+            asked["dimensions"] = body["dimensions"]
+        if isinstance(body.get("model"), str):
+            asked["model"] = body["model"]
+    elif path.endswith("/chat/completions"):
+        if type(body.get("n")) is int:
+            asked["n"] = body["n"]
+        if body.get("tools") or body.get("functions"):
+            asked["tools"] = True
+        modalities = body.get("modalities")
+        if isinstance(modalities, list) and "audio" in modalities:
+            asked["modalities"] = ["audio"]
+    return asked
+
+
+def check_as_asked(endpoint: str, asked: Mapping[str, Any]) -> Check:
+    """The check :func:`answer_check` would give for the body that ``asked`` was taken from.
+
+    >>> check = check_as_asked("/v1/embeddings", {"inputs": 1, "dimensions": 2})
+    >>> check({"data": [{"index": 0, "embedding": [1.0]}]})
+    Traceback (most recent call last):
+    dfbatch.engine.retry.InvalidAnswer: vectors of 1 dimensions where dimensions=2 was asked
+    """
+    path = "/" + urlsplit(endpoint).path.strip("/")
+    if path.endswith("/embeddings"):
+        inputs = asked.get("inputs")
+        return partial(
+            check_vectors,
+            inputs=inputs if type(inputs) is int and inputs >= 0 else 1,
+            dimensions=asked.get("dimensions"),
+            model=asked.get("model"),
+        )
+    # The chat and completions checks read the same keys from ``asked`` as from the body.
+    return answer_check(endpoint, asked)
+
+
 def check_completions(sent: Mapping[str, Any], response: Any) -> None:
     """A legacy ``/completions`` answer: choices, each with a ``text`` string.
 
@@ -163,16 +213,28 @@ def check_embeddings(sent: Mapping[str, Any], response: Any) -> tuple[list[int],
     Traceback (most recent call last):
     dfbatch.engine.retry.InvalidAnswer: vectors of 1 dimensions where dimensions=2 was asked
     """
+    return check_vectors(
+        response,
+        inputs=input_count(sent.get("input")),
+        dimensions=sent.get("dimensions"),
+        model=sent.get("model"),
+    )
+
+
+def check_vectors(
+    response: Any, *, inputs: int, dimensions: Any, model: Any
+) -> tuple[list[int], np.ndarray]:
+    """:func:`check_embeddings` given what it reads of the body: how many ``inputs`` were
+    sent, the ``dimensions`` and the ``model`` asked."""
     try:
-        positions, matrix = parse_embeddings(response, input_count(sent.get("input")))
+        positions, matrix = parse_embeddings(response, inputs)
     except ValueError as exc:
         raise InvalidAnswer(str(exc)) from None
     if positions:
         width = matrix.shape[1]
-        asked, model = sent.get("dimensions"), sent.get("model")
         expected, why = None, ""
-        if type(asked) is int:
-            expected, why = asked, f"dimensions={asked} was asked"
+        if type(dimensions) is int:
+            expected, why = dimensions, f"dimensions={dimensions} was asked"
         elif isinstance(model, str) and model in C.EMBEDDING_DIMENSIONS:
             expected = C.EMBEDDING_DIMENSIONS[model]
             why = f"{model} gives {expected}"

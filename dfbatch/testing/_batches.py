@@ -75,6 +75,9 @@ class BatchFaults:
     * ``enqueued_token_limit``: tokens that may be enqueued per model over the batches still
       validating or in progress; a batch over it fails with ``token_limit_exceeded``;
     * ``malformed_lines``: the first N lines of each output file are not JSON;
+    * ``wrong_answers``: the first N answered lines of each batch answer something else than
+      their request asked (an embedding one number short, a chat answer with one choice too
+      many), each well formed: only a check against the request finds them;
     * ``hold_upload``, ``hold_create``, ``hold_content``: seconds each such request is held
       after the server took it in (the file exists, the batch is created, before answering);
       uploads are held only once ``hold_upload_after`` files have been created.
@@ -85,6 +88,7 @@ class BatchFaults:
     stuck: bool = False
     enqueued_token_limit: int | None = None
     malformed_lines: int = 0
+    wrong_answers: int = 0
     hold_upload: float = 0.0
     hold_upload_after: int = 0
     hold_create: float = 0.0
@@ -524,6 +528,8 @@ class BatchStore:
                 for text in _row_texts(b.endpoint, line["body"]):
                     self.stats.answered[text] += 1
                 status_code, body = self._answer(b.endpoint, line["body"])
+                if status_code == 200 and completed < self.faults.wrong_answers:
+                    body = _wrong(body)
                 record = {
                     "id": "batch_req_" + secrets.token_hex(12),
                     "custom_id": line["custom_id"],
@@ -604,6 +610,22 @@ class BatchStore:
             **answer,
             "system_fingerprint": "fp_sim",
         }
+
+
+def _wrong(body: dict[str, Any]) -> dict[str, Any]:
+    """A well-formed answer to another request than the one sent."""
+    body = json.loads(json.dumps(body))
+    for item in body.get("data") or []:
+        vector = item["embedding"]
+        if isinstance(vector, str):  # base64 float32: drop the last number
+            raw = base64.b64decode(vector)[:-4]
+            item["embedding"] = base64.b64encode(raw).decode()
+        else:
+            item["embedding"] = vector[:-1]
+    choices = body.get("choices")
+    if choices:
+        choices.append({**choices[-1], "index": len(choices)})
+    return body
 
 
 def _err(code: str, message: str, line: int | None) -> dict[str, Any]:

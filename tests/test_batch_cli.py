@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from dfbatch.cli.main import main
+from dfbatch.engine.prices import PRICE_TABLE, usage_cost
 from dfbatch.testing import Simulator, expected_embedding
 
 pytestmark = pytest.mark.usefixtures("isolated_env")
@@ -209,14 +210,50 @@ def test_complete_batch_budget_goes_chunk_by_chunk_and_stops_at_the_budget(
     assert sim.stats.by_endpoint["chat/completions"] == 0
 
 
-def test_run_batch_refuses_a_budget_it_cannot_keep(sim, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    """dfbatch run --batch --budget is refused (exit 2) before anything is submitted, naming
-    what to do instead; --batch --dry-run shows the Batch price."""
-    src = _requests_file(tmp_path / "requests.jsonl")
-    url = sim.base_url + "/embeddings"
-    assert main(["run", str(src), "--url", url, "--batch", "--budget", "1"]) == 2
-    assert "--batch does not take --budget" in capsys.readouterr().err
-    assert sim.batches.stats.batches_created == 0
+def test_run_batch_budget_submits_in_waves_and_never_passes_it(sim, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """dfbatch run --batch --budget: every model's price is checked before anything is
+    submitted; waves are settled at the Batch price before the next, the spend stays within
+    the budget, the lines left say "budget reached", and a rerun with --overwrite and a
+    higher budget submits only them. --batch --dry-run shows the Batch price."""
+    src = tmp_path / "requests.jsonl"
+    with src.open("w") as fh:
+        for i in range(60):
+            body = {"model": "gpt-4o-mini", "max_tokens": 20,
+                    "messages": [{"role": "user", "content": f"Say row {i}"}]}  # fmt: skip
+            fh.write(json.dumps(body) + "\n")
+    out = tmp_path / "out.jsonl"
+    url = sim.base_url + "/chat/completions"
+    args = ["run", str(src), "-o", str(out), "--url", url, "--batch", "--poll-interval", "0.02"]
+    args += ["--no-progress"]
+    budget = 0.00003  # room for a few dozen lines' worst case at the Batch price
+    assert main([*args, "--budget", str(budget)]) == 1
+    err = capsys.readouterr().err
+    results = _results(out)
+    stopped = [r for r in results if "budget reached" in json.dumps(r[1])]
+    answered = [r for r in results if isinstance(r[1], dict) and "choices" in r[1]]
+    assert len(results) == 60 and len(answered) + len(stopped) == 60
+    assert 0 < len(stopped) < 60
+    spent = float(re.search(r"\$([0-9.e+-]+) spent of the \$", err).group(1))
+    price = PRICE_TABLE["gpt-4o-mini"].batch()
+    billed = sum(usage_cost(price, r[1]["usage"]) for r in answered)
+    assert spent == pytest.approx(billed, rel=1e-3) and billed <= budget
+    assert billed >= 0.5 * budget  # it did spend: the stop was not at once
+    assert sim.batches.stats.batches_created >= 2  # in waves
+    assert sim.stats.by_endpoint["chat/completions"] == 0  # nothing online
+    assert max(sim.batches.stats.submitted.values()) == 1
+    assert f"{len(stopped)} rows not sent" in err.replace(",", "")
+
+    assert main([*args, "--budget", "1", "--overwrite"]) == 0
+    assert max(sim.batches.stats.submitted.values()) == 1  # only the lines left were sent
+    assert sum(sim.batches.stats.submitted.values()) == 60
+    assert [r[1]["choices"] for r in _results(out)[:5]] == [r[1]["choices"] for r in results[:5]]
+
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text(json.dumps({"model": "my-local-model", "messages": []}) + "\n")
+    created = sim.batches.stats.batches_created
+    assert main(["run", str(unknown), "--url", url, "--batch", "--budget", "1"]) == 2
+    assert "does not list it" in capsys.readouterr().err
+    assert sim.batches.stats.batches_created == created
     assert main(["run", str(src), "--url", url, "--batch", "--dry-run"]) == 0
     assert "Batch API |" in capsys.readouterr().out
 

@@ -186,7 +186,7 @@ class BatchRun:
                     self.counts.batch_ids.append(job.batch_id)
         if self.active or self.to_create:
             log.info(
-                "picking up %d batch job(s) submitted earlier",
+                "picking up %d batch job(s) already submitted (by this call or an earlier one)",
                 len(self.active) + len(self.to_create),
             )
 

@@ -90,11 +90,6 @@ def _do_run(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         limiter=args.limiter,
     )
-    if args.batch and args.budget is not None and not args.dry_run:
-        raise ConfigurationError(
-            "dfbatch run --batch does not take --budget yet: run it online with --budget, or "
-            "estimate the Batch API's cost first with --batch --dry-run"
-        )
     if args.dry_run:
         from .estimate import estimate_run
 

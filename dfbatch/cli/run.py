@@ -303,20 +303,22 @@ async def run_job(job: RunJob) -> RunResult:
         return RunResult(n_lines, plan.failed, 1 if plan.failed else 0, text)
     cache = _open_cache(job)  # first: a cache it cannot use leaves the output untouched
     try:
-        batch_errors = None
+        batch = None
         if job.batch:
             from .run_batch import run_batches
 
-            batch_errors = await run_batches(
-                job, plan, n_lines, cache, poll_interval=job.poll_interval
-            )
+            batch = await run_batches(job, plan, n_lines, cache, poll_interval=job.poll_interval)
         with open_output(job) as fh:
-            run = _Run(job, plan, n_lines, cache, batch_errors)
+            run = _Run(job, plan, n_lines, cache, None if batch is None else batch.errors)
             figures = await run.go(fh)
     finally:
         if cache is not None:
             cache.close()
-    summary = format_summary(figures, rows=n_lines, failed=run.failed, cached=run.cached)
+    cached = run.cached
+    if batch is not None:  # what was sent went through the Batch API, not pass 2's engine
+        figures.update(batch.figures, backend="batch", budget_usd=job.budget)
+        cached = max(0, cached - batch.answered)  # pass 2 read this run's answers back
+    summary = format_summary(figures, rows=n_lines, failed=run.failed, cached=cached)
     summary = summary.replace(f" {n_lines:,} rows,", f" {n_lines:,} lines,", 1)
     summary = summary.replace(
         "rerun with a higher budget= to send only them",

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..batch.backend import BatchRun, BatchSubmitted
@@ -25,9 +27,11 @@ from ..cache.batch_record import BatchRecord
 from ..engine import constants as C
 from ..engine.config import ApiConfig
 from ..engine.errors import ConfigurationError
+from ..engine.prices import budget_needs_price, price_for
 from ..engine.tokens import estimate_request_tokens
-from ..engine.types import ErrorInfo, Outcome, Request
+from ..engine.types import BUDGET_REACHED, ErrorInfo, Outcome, Request
 from ..jobs.batch_lines import KeyedLines
+from ..jobs.batch_run import Ledger, within_budget
 from ..jobs.progress import Progress
 from .job import RunJob
 from .lines import parse_line
@@ -57,10 +61,12 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 class _Collect(KeyedLines):
-    """Every answer to the cache (no line is this pass's own); every error kept by key."""
+    """Every answer to the cache (no line is this pass's own) and its cost to the ledger;
+    every error kept by key."""
 
-    def __init__(self, cache: Any, model: str) -> None:
+    def __init__(self, cache: Any, model: str, ledger: Ledger) -> None:
         super().__init__(lambda key: None, cache=cache, model=model)
+        self.ledger = ledger
         self.errors: dict[str, ErrorInfo] = {}
 
     def outcome(
@@ -68,57 +74,108 @@ class _Collect(KeyedLines):
     ) -> Outcome | None:
         if error is not None and len(keys) == 1:
             self.errors[keys[0].hex()] = error
+        elif error is None and len(keys) == 1:
+            self.ledger.add_usage(response)  # checked against what its line asked
         return super().outcome(keys, response, error)
+
+
+@dataclass
+class BatchPass:
+    """What pass 1 leaves for pass 2: the lines' errors by key, and the figures."""
+
+    errors: dict[str, ErrorInfo] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    answered: int = 0  # lines this pass put in the cache
+
+    def add_submitted(self, figures: dict[str, Any]) -> None:
+        """Files, batches and lines that a run submitting without waiting created."""
+        f = self.figures
+        for name in ("batch_files_uploaded", "batches_created", "batch_lines_submitted"):
+            f[name] = f.get(name, 0) + (figures.get(name) or 0)
+
+    def add(self, figures: dict[str, Any]) -> None:
+        """The figures of a run that waited for its batches (and any submitted before)."""
+        f = self.figures
+        self.add_submitted(figures)
+        for name in ("requests", "requests_succeeded", "requests_failed", "tokens_used"):
+            f[name] = f.get(name, 0) + (figures.get(name) or 0)
+        f.setdefault("batch_ids", []).extend(figures.get("batch_ids") or [])
+        causes = f.setdefault("failures_by_cause", {})
+        for cause, n in (figures.get("failures_by_cause") or {}).items():
+            causes[cause] = causes.get(cause, 0) + n
+        self.answered += figures.get("requests_succeeded") or 0
 
 
 async def run_batches(
     job: RunJob, plan: Plan, n_lines: int, cache: Any, *, poll_interval: float | None
-) -> dict[str, ErrorInfo]:
-    """Pass 1: submit, wait for and download every line still to do; the errors by key."""
+) -> BatchPass:
+    """Pass 1: submit, wait for and download every line still to do (with ``--budget``, in
+    waves that fit in it, one model after another); the errors by key and the figures."""
     if cache is None:
         raise ConfigurationError("--batch keeps its record in the response cache: drop --no-cache")
     base, endpoint = split_url(job.url)
     key = job.api.api_key.reveal() if job.api.api_key else None
     api = ApiConfig.resolve(base_url=base, api_key=key)
     models = sorted({m for m in _models(job, plan, n_lines, cache)})
-    errors: dict[str, ErrorInfo] = {}
+    if job.budget is not None:  # every model's price is known before anything is submitted
+        prices = {m: budget_needs_price(m, job.price).batch() for m in models}
+    else:
+        prices = {m: p.batch() if (p := price_for(m, job.price)) else None for m in models}
+    result = BatchPass()
+    started = time.monotonic()
+    spent: float | None = 0.0
     record = BatchRecord(cache.path)
+
+    def batch_run(model: str, lines: _Collect, **more: Any) -> BatchRun:
+        return BatchRun(
+            api, record, endpoint=endpoint, model=model, lines=lines, on_outcome=_ignore, **more
+        )
+
+    def refuse(request: Request, message: str) -> None:
+        result.errors[request.id] = ErrorInfo(None, BUDGET_REACHED, message)
+
     try:
-        # Every model's batches are submitted before any is waited for: they run side by side.
+        if job.budget is None:
+            # Every model's batches are submitted before any is waited for: side by side.
+            for model in models:
+                run = batch_run(model, _Collect(cache, model, Ledger(None)))
+                with contextlib.suppress(BatchSubmitted):
+                    await run.run(_requests(job, plan, n_lines, cache, model), wait=False)
+                result.add_submitted(run.counts.figures())
         for model in models:
-            run = BatchRun(
-                api,
-                record,
-                endpoint=endpoint,
-                model=model,
-                lines=_Collect(cache, model),
-                on_outcome=lambda outcome: None,
-            )
-            with contextlib.suppress(BatchSubmitted):
-                await run.run(_requests(job, plan, n_lines, cache, model), wait=False)
-        for model in models:
-            lines = _Collect(cache, model)
+            ledger = Ledger(prices[model], spent or 0.0)
+            lines = _Collect(cache, model, ledger)
             progress = Progress(None, enabled=job.progress, desc=f"dfbatch run {model} (batch)")
-            run = BatchRun(
-                api,
-                record,
-                endpoint=endpoint,
-                model=model,
-                lines=lines,
-                on_outcome=lambda outcome: None,
+            run = batch_run(
+                model,
+                lines,
                 flush=cache.flush,
                 poll_interval=poll_interval,
                 on_status=progress.show_batches,
             )
+            requests = _requests(job, plan, n_lines, cache, model)
             try:
-                await run.run(_requests(job, plan, n_lines, cache, model))
+                if job.budget is None:
+                    figures = await run.run(requests)
+                else:
+                    figures = await within_budget(
+                        run, requests, budget=job.budget, ledger=ledger, refuse=refuse
+                    )
             finally:
                 progress.close()
                 cache.flush()
-            errors.update(lines.errors)
+            result.add(figures)
+            result.errors.update(lines.errors)
+            spent = None if spent is None or ledger.spent is None else ledger.spent
     finally:
         record.close()
-    return errors
+    result.figures["elapsed_s"] = round(time.monotonic() - started, 3)
+    result.figures["cost_usd"] = spent
+    return result
+
+
+def _ignore(outcome: Outcome) -> None:
+    """No line is pass 1's own: pass 2 reads every answer from the cache."""
 
 
 def _lines(job: RunJob, plan: Plan, n_lines: int, cache: Any) -> Iterator[Any]:

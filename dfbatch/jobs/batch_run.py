@@ -51,7 +51,7 @@ async def execute_batch(
     progress.advance(rows_done, failed=rows_failed, cached=rows_cached)
 
     price = options.price_of(model)  # the Batch API's: half the online price
-    ledger = _Ledger(price)
+    ledger = Ledger(price)
 
     def handle(outcome: Outcome) -> None:
         ledger.add(outcome)
@@ -73,7 +73,18 @@ async def execute_batch(
         if options.budget is None:
             figures = await run.run(requests, wait=options.wait)
         else:
-            figures = await _within_budget(run, requests, options, ledger, handle)
+            if not options.wait:
+                raise ConfigurationError(
+                    "budget= with backend='batch' needs wait=True: the budget is settled with "
+                    "each wave's real cost before the next wave is submitted"
+                )
+
+            def refuse(request: Request, message: str) -> None:
+                handle(Outcome(request, error=ErrorInfo(None, BUDGET_REACHED, message)))
+
+            figures = await within_budget(
+                run, requests, budget=float(options.budget), ledger=ledger, refuse=refuse
+            )
     finally:
         progress.close()
         record.close()
@@ -86,16 +97,22 @@ async def execute_batch(
     return figures
 
 
-class _Ledger:
-    """What the call's own answers cost at the Batch API's price (None: no price known)."""
+class Ledger:
+    """What a call's own answers cost at the Batch API's price (None: no price known).
+    ``spent`` may start from what earlier parts of the same call spent (other models)."""
 
-    def __init__(self, price: Price | None) -> None:
+    def __init__(self, price: Price | None, spent: float = 0.0) -> None:
         self.price = price
-        self.spent: float | None = None if price is None else 0.0
+        self.spent: float | None = None if price is None else spent
 
     def add(self, outcome: Outcome) -> None:
-        if self.price is not None and self.spent is not None and outcome.ok:
-            usage = outcome.response.get("usage") if isinstance(outcome.response, dict) else None
+        if outcome.ok:
+            self.add_usage(outcome.response)
+
+    def add_usage(self, response: Any) -> None:
+        """Count the ``usage`` of a checked answer."""
+        if self.price is not None and self.spent is not None:
+            usage = response.get("usage") if isinstance(response, dict) else None
             self.spent += usage_cost(self.price, usage)
 
     def worst(self, request: Request) -> float:
@@ -105,51 +122,60 @@ class _Ledger:
         return worst_cost(self.price, max(0, request.tokens - bound), bound)
 
 
-async def _within_budget(
+async def within_budget(
     run: BatchRun,
     requests: Iterable[Request],
-    options: Any,
-    ledger: _Ledger,
-    handle: Callable[[Outcome], None],
+    *,
+    budget: float,
+    ledger: Ledger,
+    refuse: Callable[[Request, str], None],
 ) -> dict[str, Any]:
     """Submit in waves whose worst cases fit in what the budget has left, each settled with
     its answers' real cost before the next: the spend never passes the budget, and the run
     stops only when the next request's worst case does not fit in what is left (so with
-    requests of at most a tenth of the budget, at least 90% of it is spent)."""
-    if not options.wait:
-        raise ConfigurationError(
-            "budget= with backend='batch' needs wait=True: the budget is settled with each "
-            "wave's real cost before the next wave is submitted"
-        )
-    assert ledger.price is not None  # check_price made sure of it
-    budget = float(options.budget)
-    stream = iter(requests)
-    ahead = next(stream, None)
+    requests of at most a tenth of the budget, at least 90% of it is spent). Each wave is
+    pulled from ``requests`` as it is written out, never held whole; ``refuse(request,
+    message)`` is told of every request left when the budget is reached."""
+    assert ledger.price is not None  # budget_needs_price made sure of it
+    waves = _Waves(iter(requests), ledger, budget)
     figures: dict[str, Any] | None = None
-    while ahead is not None:
-        left = budget - (ledger.spent or 0.0)
-        wave: list[Request] = []
-        held = 0.0
-        while ahead is not None:
-            worst = ledger.worst(ahead)
-            if held + worst > left * (1 + 1e-12):
-                break
-            wave.append(ahead)
-            held += worst
-            ahead = next(stream, None)
-        if not wave:  # the next request alone could pass the budget: nothing more is sent
-            _refuse_rest(ahead, stream, ledger, budget, handle)
+    while waves.ahead is not None:
+        figures = await run.run(waves.next_wave(), wait=True)
+        if waves.stopped:  # the next request alone could pass the budget: nothing more is sent
+            _refuse_rest(waves, ledger, budget, refuse)
             break
-        figures = await run.run(wave, wait=True)
     return figures if figures is not None else run.counts.figures()
 
 
+class _Waves:
+    """The requests, cut into waves that fit in what the budget has left."""
+
+    def __init__(self, stream: Iterator[Request], ledger: Ledger, budget: float) -> None:
+        self.stream = stream
+        self.ledger = ledger
+        self.budget = budget
+        self.ahead: Request | None = next(stream, None)
+        self.stopped = False
+
+    def next_wave(self) -> Iterator[Request]:
+        """The next wave, pulled as the batch files are written; ``stopped`` once not even
+        its first request fits."""
+        left = self.budget - (self.ledger.spent or 0.0)
+        held = 0.0
+        taken = 0
+        while self.ahead is not None:
+            worst = self.ledger.worst(self.ahead)
+            if held + worst > left * (1 + 1e-12):
+                break
+            held += worst
+            taken += 1
+            yield self.ahead
+            self.ahead = next(self.stream, None)
+        self.stopped = self.ahead is not None and taken == 0
+
+
 def _refuse_rest(
-    first: Request | None,
-    stream: Iterator[Request],
-    ledger: _Ledger,
-    budget: float,
-    handle: Callable[[Outcome], None],
+    waves: _Waves, ledger: Ledger, budget: float, refuse: Callable[[Request, str], None]
 ) -> None:
     spent = ledger.spent or 0.0
     log.warning(
@@ -162,7 +188,7 @@ def _refuse_rest(
         f"budget reached: {format_usd(spent)} of the {format_usd(budget)} budget spent, this "
         "row was not sent (rerun with a higher budget= to send it)"
     )
-    request = first
+    request = waves.ahead
     while request is not None:
-        handle(Outcome(request, error=ErrorInfo(None, BUDGET_REACHED, message)))
-        request = next(stream, None)
+        refuse(request, message)
+        request = next(waves.stream, None)

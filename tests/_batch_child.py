@@ -5,6 +5,7 @@ python _batch_child.py BASE_URL CACHE_PATH ROWS MAX_LINES
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import pandas as pd
@@ -16,6 +17,7 @@ from dfbatch.engine import constants as C
 def main() -> None:
     base_url, cache, rows, max_lines = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     C.BATCH_MAX_LINES = max_lines
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)  # the tests read what it says
     df = pd.DataFrame({"text": [f"kill test row {i}" for i in range(rows)]})
     out = df.llm.embed(
         "text",

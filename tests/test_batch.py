@@ -173,13 +173,18 @@ def test_the_jsonl_is_written_to_disk_not_built_in_memory(sim, opts, monkeypatch
 
 
 def test_every_step_is_recorded_and_the_job_ends_done(sim, opts) -> None:  # type: ignore[no-untyped-def]
-    """The record holds the file id, batch id, status and counts; done jobs free their lines."""
+    """The record holds the file id, batch id, status and counts; done jobs free their lines
+    once BATCH_LINES_KEEP has passed."""
     pd.DataFrame({"text": ["a", "b"]}).llm.embed("text", **batch(opts))
     record = BatchRecord(opts["cache"])
     (job,) = record.jobs()
     assert job.state == "done" and job.status == "completed"
     assert job.file_id in sim.batches.files and job.batch_id in sim.batches.batches
     assert job.counts == {"completed": 1, "failed": 0, "total": 1}
+    assert len(record.line_keys(job.id)) == 1  # kept a while: another process may need them
+    record.prune(time.time() - C.BATCH_LINES_KEEP)
+    assert len(record.line_keys(job.id)) == 1
+    record.prune(time.time() + 1)
     assert record.line_keys(job.id) == {}
     record.close()
 
@@ -526,6 +531,86 @@ def test_kill_9_at_any_stage_then_rerun_submits_no_row_twice(sim, opts, stage, m
     record = BatchRecord(opts["cache"])
     assert {j.state for j in record.jobs()} == {"done"}
     record.close()
+
+
+def test_two_processes_running_the_same_call_at_once_submit_each_row_once(sim, opts) -> None:  # type: ignore[no-untyped-def]
+    """The same cell in two kernels at once, on one cache: while one is uploading, the other
+    waits for it to finish submitting, then waits for its batches instead of submitting the
+    same rows (it must not take the first one's half-written record for a dead one's)."""
+    store = sim.batches
+    store.faults.hold_upload = 0.5  # each upload is held after its file exists
+    first = _child(sim, opts["cache"])
+    deadline = time.monotonic() + 60
+    while store.stats.uploads_started < 1:
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.01)
+    second = _child(sim, opts["cache"])
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    for proc, (out, err) in zip((first, second), outs, strict=True):
+        assert proc.returncode == 0, err
+        assert out.split() == [b"done", str(KILL_ROWS).encode()]
+    assert store.stats.files_created == 3  # the first process's three, no more
+    no_row_twice(sim)
+    no_row_twice(sim, "answered")
+
+
+def test_batches_another_process_ended_while_this_call_waited_are_read_not_resubmitted(
+    sim, opts
+) -> None:  # type: ignore[no-untyped-def]
+    """The same call in a second process, which found nothing in the cache and then waited
+    for the submit lock while the first process's batches ended and were read: it reads
+    those batches' output back onto its rows instead of submitting the rows again."""
+    from filelock import FileLock
+
+    store = sim.batches
+    store.batch_seconds = 30
+    first = _child(sim, opts["cache"])
+    deadline = time.monotonic() + 60
+    while store.stats.batches_created < 3 or store.stats.retrieves < 1:
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.01)
+    lock = FileLock(f"{opts['cache']}.batch-lock", thread_local=False)
+    lock.acquire(timeout=30)  # as if a third process were submitting
+    second = _child(sim, opts["cache"])
+    try:
+        assert second.stderr is not None
+        while b"waiting for another process" not in second.stderr.readline():
+            assert second.poll() is None, second.communicate()
+        for b in store.batches.values():  # the first process's batches end now
+            b.started -= 30
+        out, err = first.communicate(timeout=60)
+        assert out.split() == [b"done", str(KILL_ROWS).encode()], err
+    finally:
+        lock.release()
+    out, err = second.communicate(timeout=60)
+    assert out.split() == [b"done", str(KILL_ROWS).encode()], err
+    assert store.stats.batches_created == 3
+    no_row_twice(sim)
+    no_row_twice(sim, "answered")
+
+
+@pytest.mark.parametrize("kind", ["embed", "complete"])
+def test_a_row_no_batch_spoke_of_is_an_error_not_a_blank(sim, opts, kind, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Whatever the cause (here: the record lost a batch's lines between the rerun finding
+    the batch and reading its output), a row with neither an answer nor an error after the
+    call says so in its error column, so a rerun sends it again."""
+    df = pd.DataFrame({"text": ["a", "b", None]})
+
+    def call(**kw: object):  # type: ignore[no-untyped-def]
+        if kind == "embed":
+            return df.llm.embed("text", **batch(opts, **kw))
+        return df.llm.complete("{text}", **batch(opts, **kw))
+
+    job = call(wait=False)
+    monkeypatch.setattr(BatchRecord, "line_keys", lambda self, job: {})
+    out = job.result()
+    errors = out.iloc[:, -1]
+    assert out.iloc[:2, -2].isna().all()
+    assert all("batch_not_answered" in str(e) for e in errors[:2]), errors
+    assert errors[2] is None  # the NA row is not sent and not an error
+    monkeypatch.undo()
+    again = call()
+    assert again.iloc[:2, -2].notna().all() and again.iloc[:, -1].isna().all()
 
 
 @pytest.mark.parametrize("kind", ["embed", "complete"])

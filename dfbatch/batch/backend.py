@@ -148,14 +148,17 @@ class BatchRun:
         self.to_create: list[int] = []  # uploaded, batch to (re)create
         self.snapshots: dict[int, dict[str, int]] = {}
         self.lone_refusals = 0
+        self.started = time.time()
+        self.finished: set[int] = set()  # jobs this run downloaded
 
     def __repr__(self) -> str:
         return f"<BatchRun {self.endpoint} {self.model} active={len(self.active)}>"
 
     async def run(self, requests: Iterable[Request], *, wait: bool = True) -> dict[str, Any]:
         async with BatchApi(self.api) as client:
-            await self._reconcile(client)
-            await self._submit(client, requests)
+            async with self.record.submitting():  # one process at a time (see there)
+                await self._reconcile(client)
+                await self._submit(client, requests)
             if not wait and (self.active or self.to_create):
                 ids = [j.batch_id for j in self.active.values() if j.batch_id]
                 raise BatchSubmitted(sorted({*self.active, *self.to_create}), ids)
@@ -169,14 +172,23 @@ class BatchRun:
     # -- reconcile ---------------------------------------------------------------------------
 
     async def _reconcile(self, client: BatchApi) -> None:
+        self.record.prune(time.time() - C.BATCH_LINES_KEEP)
         for job in self.record.jobs(
             server=self.server,
             endpoint=self.endpoint,
             model=self.model,
             scope=self.lines.scope,
             open_only=True,
+            done_since=self.started,
         ):
-            if job.state == "writing":  # killed before its file reached the server
+            if job.state == "done":
+                # Ended since this call started, in another process running the same call
+                # (this one waited for the submit lock meanwhile): its rows may be this
+                # call's, not in the cache when it looked. Read its output again.
+                if job.id not in self.finished and job.batch_id and job.status in ENDED:
+                    self.active[job.id] = job
+                    self.counts.batch_ids.append(job.batch_id)
+            elif job.state == "writing":  # its writer died before the file reached the server
                 self.record.drop(job.id)
             elif job.state == "uploaded":
                 await self._create(client, job.id, job.file_id or "", adopt=True)
@@ -405,6 +417,7 @@ class BatchRun:
             self._deliver(keys_by_line[line], None, missing(status))
         self.flush()  # the answers are durable before the record lets go of the lines
         self.record.done(job.id, status=status)
+        self.finished.add(job.id)
 
     def _line(
         self,

@@ -10,6 +10,8 @@ point leaves a record that a rerun can act on without paying twice:
                                                      (GET /batches), else create one
     created    + the batch id                        poll it, download what it answered
     done       its output read and cached            nothing: its rows are answered or free
+               (lines kept BATCH_LINES_KEEP s)       (a call that started before it ended, in
+                                                     another process, downloads it too)
 
 Two tables beside the cache's own (which ignores them): ``batch_jobs`` (one row per input
 file and batch: ids, endpoint, model, server, state, the API's status and counts) and
@@ -24,16 +26,23 @@ A line's ``custom_id`` is ``dfb-<job>-<line>``. The server is kept as a hash of 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from ..engine import constants as C
+
+log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
 
@@ -152,6 +161,31 @@ class BatchRecord:
     def __repr__(self) -> str:
         return f"<BatchRecord {self.path}>"
 
+    @contextlib.asynccontextmanager
+    async def submitting(self) -> AsyncIterator[None]:
+        """Held from reconciling the record to the last batch created: one process at a time
+        decides what to submit from this cache. Without it, the same call running in two
+        kernels at once would each take the other's record in state ``writing`` for a
+        killed process's, drop it and submit the same rows. With it, a ``writing`` record
+        that a rerun finds is a dead process's. A lock file beside the cache (``flock``:
+        freed by the system when its holder dies, so a kill -9 leaves no stale lock)."""
+        lock = FileLock(f"{self.path}.batch-lock", thread_local=False)
+        told = False
+        while True:
+            try:
+                lock.acquire(timeout=0)
+                break
+            except Timeout:
+                if not told:
+                    log.info("waiting for another process that is submitting batches from %s",
+                             self.path)  # fmt: skip
+                    told = True
+                await asyncio.sleep(C.BATCH_LOCK_POLL)
+        try:
+            yield
+        finally:
+            lock.release()
+
     # -- writing -----------------------------------------------------------------------------
 
     def begin(self, *, server: str, endpoint: str, model: str | None, scope: str = "") -> int:
@@ -196,9 +230,10 @@ class BatchRecord:
         self._update(job, status=status, counts=json.dumps(counts) if counts else None)
 
     def done(self, job: int, *, status: str | None = None, detail: str | None = None) -> None:
-        """The job's output is read and cached (or there is none): its lines are freed."""
+        """The job's output is read and cached (or there is none). Its lines stay a while
+        (:meth:`prune`): another process running the same call may be waiting for this batch
+        too, and needs them to read its output back onto its own rows."""
         with self._transaction() as conn:
-            conn.execute("DELETE FROM batch_lines WHERE job = ?", (job,))
             fields = {"state": "done", "updated": time.time()}
             if status is not None:
                 fields["status"] = status
@@ -206,6 +241,15 @@ class BatchRecord:
                 fields["detail"] = detail
             sets = ", ".join(f"{k} = ?" for k in fields)
             conn.execute(f"UPDATE batch_jobs SET {sets} WHERE id = ?", (*fields.values(), job))
+
+    def prune(self, ended_before: float) -> None:
+        """Free the lines of jobs done before ``ended_before`` (a time.time())."""
+        with self._transaction() as conn:
+            conn.execute(
+                "DELETE FROM batch_lines WHERE job IN "
+                "(SELECT id FROM batch_jobs WHERE state = 'done' AND updated < ?)",
+                (ended_before,),
+            )
 
     def drop(self, job: int) -> None:
         """Forget a job that never reached the server."""
@@ -228,7 +272,10 @@ class BatchRecord:
         model: str | None = None,
         scope: str | None = None,
         open_only: bool = False,
+        done_since: float | None = None,
     ) -> list[JobRow]:
+        """The jobs, oldest first; ``open_only``: those not done, and with ``done_since``
+        also those done since then (a time.time())."""
         where, args = [], []
         pairs = (("server", server), ("endpoint", endpoint), ("model", model), ("scope", scope))
         for column, value in pairs:
@@ -236,8 +283,12 @@ class BatchRecord:
                 where.append(f"{column} = ?")
                 args.append(value)
         if open_only:
-            where.append(f"state IN ({','.join('?' * len(OPEN_STATES))})")
+            clause = f"state IN ({','.join('?' * len(OPEN_STATES))})"
             args.extend(OPEN_STATES)
+            if done_since is not None:
+                clause = f"({clause} OR (state = 'done' AND updated >= ?))"
+                args.append(done_since)
+            where.append(clause)
         sql = f"SELECT {_COLUMNS} FROM batch_jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -259,13 +310,15 @@ class BatchRecord:
             "SELECT line, asked FROM batch_lines WHERE job = ? AND asked IS NOT NULL", (job,)
         )
         out: dict[int, dict[str, Any]] = {}
+        parsed: dict[str, Any] = {}  # most lines ask alike: one dict for each distinct text
         for line, text in rows:
-            try:
-                asked = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(asked, dict):
-                out[line] = asked
+            if text not in parsed:
+                try:
+                    parsed[text] = json.loads(text)
+                except ValueError:
+                    parsed[text] = None
+            if isinstance(parsed[text], dict):
+                out[line] = parsed[text]
         return out
 
     def covered_keys(self, jobs: Iterable[int]) -> Iterator[bytes]:

@@ -225,6 +225,11 @@ BATCH_COMPLETION_WINDOW = "24h"
 BATCH_POLL_INTERVAL = 10.0
 BATCH_POLL_BACKOFF = 1.5
 BATCH_POLL_MAX = 300.0
+#: Seconds between tries at the submit lock while another process submits from the cache.
+BATCH_LOCK_POLL = 0.1
+#: Seconds a done batch's lines stay in the record: another process waiting for the same
+#: batch reads its output back onto its rows with them (it polls at most every 300 s).
+BATCH_LINES_KEEP = 86_400.0
 #: Attempts of one files/batches call (5xx, 429, dropped connections), and its timeout (s):
 #: an upload of 200 MB needs minutes.
 BATCH_HTTP_ATTEMPTS = 5

@@ -24,7 +24,7 @@ from ..engine.prices import PER_TOKENS, usage_cost
 from ..engine.tokens import estimate_request_tokens
 from ..engine.types import Outcome, Request
 from ..jobs import chat as _chat
-from ..jobs.batch_lines import EmbedLines, KeyedLines
+from ..jobs.batch_lines import NOT_ANSWERED, EmbedLines, KeyedLines
 from ..jobs.embed import ENDPOINT as ENDPOINT_EMBED
 from ..jobs.embed import EmbedJob, failed_on_format, unicode_problem
 from ..jobs.progress import format_summary
@@ -173,6 +173,8 @@ async def embed_values(
                 split=job.split,
             )
             figures = _merge(figures, more)
+        if options.backend == "batch":  # a row no batch spoke of is an error, not a blank
+            job.fail_unanswered(str(NOT_ANSWERED))
     finally:
         if cache is not None:
             cache.flush()
@@ -517,6 +519,11 @@ async def complete_frame(
             model=model,
             cache=cache,
         )
+        if options.backend == "batch":  # a row no batch spoke of is an error, not a blank
+            for _, positions in bodies.values():
+                for i in positions:
+                    if values[i] is None and errs[i] is None:
+                        errs[i] = str(NOT_ANSWERED)
     finally:
         if cache is not None:
             cache.flush()

@@ -17,6 +17,14 @@ from ..engine.answers import check_embeddings
 from ..engine.types import ErrorInfo, Outcome, Request
 from .embed import EmbedJob
 
+#: A row that no batch answered and none refused (a batch that another process read and
+#: closed past the record's keeping, for instance): never left blank.
+NOT_ANSWERED = ErrorInfo(
+    None,
+    "batch_not_answered",
+    "no batch gave an answer or an error for this row; rerun the same call to submit it again",
+)
+
 
 class KeyedLines:
     """Requests whose ``id`` is their hex cache key; ``find(key)`` gives back, for a key of

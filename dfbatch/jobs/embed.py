@@ -297,6 +297,18 @@ class EmbedJob:
             for pos in self.rows_of[u]:
                 self.errors[pos] = message
 
+    def fail_unanswered(self, message: str) -> int:
+        """``message`` as the error of every row with neither a vector nor an error (a row
+        whose batch ended without a word for it); how many rows that was."""
+        n = 0
+        for u, rows in enumerate(self.rows_of):
+            if rows and not self.have[u]:  # type: ignore[index]
+                for pos in rows:
+                    if pos not in self.errors:
+                        self.errors[pos] = message
+                        n += 1
+        return n
+
     def column(self) -> np.ndarray:
         """One object per row: a float32 vector (a view of the block) or None."""
         out = np.full(self.n_rows, None, dtype=object)

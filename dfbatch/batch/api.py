@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -240,3 +241,49 @@ class BatchApi:
 
     async def _sleep(self, attempt: int) -> None:
         await asyncio.sleep(backoff(attempt, self._rng.random()))
+
+
+# -- reading the server's batch objects ----------------------------------------------------
+
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+def valid_id(value: Any) -> bool:
+    """A file or batch id the server may give: it goes into URL paths, so nothing else.
+
+    >>> valid_id("file-abc_1"), valid_id("../../v1/models"), valid_id(None)
+    (True, False, False)
+    """
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
+def request_counts(value: Any) -> dict[str, int]:
+    """A batch's ``request_counts``, each a whole number in range (0 when it is not)."""
+    out = {"completed": 0, "failed": 0, "total": 0}
+    if isinstance(value, dict):
+        for k in out:
+            v = value.get(k)
+            if isinstance(v, int) and 0 <= v < 1 << 40:
+                out[k] = v
+    return out
+
+
+def failure_reasons(batch: dict[str, Any]) -> list[tuple[str, str]]:
+    """(code, message) of a failed batch's ``errors.data``: at most 100, each cut short."""
+    errors = batch.get("errors")
+    data = errors.get("data") if isinstance(errors, dict) else None
+    out: list[tuple[str, str]] = []
+    for item in data if isinstance(data, list) else []:
+        if not isinstance(item, dict):
+            continue
+        code = item.get("code")
+        message = item.get("message")
+        line = item.get("line")
+        text = message[:500] if isinstance(message, str) else ""
+        if isinstance(line, int):
+            text = f"line {line}: {text}"
+        out.append((code[:100] if isinstance(code, str) else "error", text))
+        if len(out) >= 100:
+            break
+    return out

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
@@ -42,10 +41,9 @@ from ..engine.errors import (
     DfbatchError,
     RunAbortedError,
 )
-from ..engine.retry import Check, InvalidAnswer
 from ..engine.types import ErrorInfo, Outcome, Request
-from .api import BatchApi, BatchApiError
-from .lines import BatchLines, LineError, missing, read_line
+from .api import BatchApi, BatchApiError, failure_reasons, request_counts, valid_id
+from .lines import BatchLines, LineError, checked, file_lines, missing, read_line, shape_only
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +325,7 @@ class BatchRun:
                 status = batch.get("status")
                 if status not in STATUSES:
                     raise BatchApiError(f"batch {job.batch_id}: unknown status {status!r}")
-                counts = _counts(batch.get("request_counts"))
+                counts = request_counts(batch.get("request_counts"))
                 if (status, counts) != (job.status, self.snapshots.get(job.id)):
                     job.status = status
                     self.snapshots[job.id] = counts
@@ -371,7 +369,7 @@ class BatchRun:
                 await self._create(client, job, row.file_id, adopt=False)
 
     def _failed(self, job: JobRow, batch: dict[str, Any]) -> None:
-        reasons = _reasons(batch)
+        reasons = failure_reasons(batch)
         if any(code == "token_limit_exceeded" for code, _ in reasons):
             self.counts.refusals += 1
             self.record.refused(job.id, "token_limit_exceeded")
@@ -408,7 +406,7 @@ class BatchRun:
             path = Path(tmp)
             try:
                 await client.download(file_id, path)
-                for raw in _lines(path):
+                for raw in file_lines(path):
                     self._line(job, raw, keys_by_line, asked_by_line, seen)
             finally:
                 path.unlink(missing_ok=True)
@@ -455,13 +453,15 @@ class BatchRun:
         if error is not None:
             error = scrub_error(error, self._secrets)
         elif asked is not None:
-            _, error = _checked_with(check_as_asked(self.endpoint, asked), response)
+            _, error = checked(check_as_asked(self.endpoint, asked), response)
         else:
-            _, error = _checked(self.endpoint, _neutral_body(self.endpoint, response), response)
+            shape = shape_only(self.endpoint, response)
+            _, error = checked(answer_check(self.endpoint, shape), response)
         outcome = self.lines.outcome(keys, response if error is None else None, error)
         if outcome is not None and outcome.error is None:
             request = outcome.request
-            value, problem = _checked(request.endpoint, request.body, outcome.response)
+            check = answer_check(request.endpoint, request.body)
+            value, problem = checked(check, outcome.response)
             outcome = (
                 Outcome(request, error=problem, attempts=outcome.attempts)
                 if problem is not None
@@ -504,94 +504,3 @@ class BatchRun:
         )
         log.warning("%s", text)
         print(text, file=sys.stderr)
-
-
-_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
-
-
-def valid_id(value: Any) -> bool:
-    """A file or batch id the server may give: it goes into URL paths, so nothing else.
-
-    >>> valid_id("file-abc_1"), valid_id("../../v1/models"), valid_id(None)
-    (True, False, False)
-    """
-    return isinstance(value, str) and _ID.fullmatch(value) is not None
-
-
-def _counts(value: Any) -> dict[str, int]:
-    out = {"completed": 0, "failed": 0, "total": 0}
-    if isinstance(value, dict):
-        for k in out:
-            v = value.get(k)
-            if isinstance(v, int) and 0 <= v < 1 << 40:
-                out[k] = v
-    return out
-
-
-def _reasons(batch: dict[str, Any]) -> list[tuple[str, str]]:
-    errors = batch.get("errors")
-    data = errors.get("data") if isinstance(errors, dict) else None
-    out: list[tuple[str, str]] = []
-    for item in data if isinstance(data, list) else []:
-        if not isinstance(item, dict):
-            continue
-        code = item.get("code")
-        message = item.get("message")
-        line = item.get("line")
-        text = message[:500] if isinstance(message, str) else ""
-        if isinstance(line, int):
-            text = f"line {line}: {text}"
-        out.append((code[:100] if isinstance(code, str) else "error", text))
-        if len(out) >= 100:
-            break
-    return out
-
-
-def _lines(path: Path) -> Iterator[bytes | None]:
-    """The file's lines, each at most ``BATCH_MAX_LINE_BYTES`` (None for a longer one)."""
-    limit = C.BATCH_MAX_LINE_BYTES
-    with open(path, "rb") as f:
-        while True:
-            raw = f.readline(limit + 1)
-            if not raw:
-                return
-            if len(raw) > limit and not raw.endswith(b"\n"):
-                while True:  # skip the rest of the over-long line
-                    rest = f.readline(limit)
-                    if not rest or rest.endswith(b"\n"):
-                        break
-                yield None
-                continue
-            if raw.strip():
-                yield raw
-
-
-def _neutral_body(endpoint: str, response: Any) -> dict[str, Any]:
-    """What any request to ``endpoint`` asked, for checking an answer's shape alone: a chat
-    answer may hold as many choices as its request's ``n``, whatever that was."""
-    if not isinstance(response, dict):
-        return {}
-    if endpoint.rstrip("/").endswith("chat/completions"):
-        choices = response.get("choices")
-        return {"n": len(choices)} if isinstance(choices, list) and choices else {}
-    if endpoint.rstrip("/").endswith("embeddings"):  # as many inputs as the answer holds
-        data = response.get("data")
-        return {"input": [""] * len(data)} if isinstance(data, list) else {}
-    return {}
-
-
-def _checked(endpoint: str, sent: Any, response: Any) -> tuple[Any, ErrorInfo | None]:
-    """What the endpoint's check makes of the answer (an embeddings answer's decoded
-    vectors), or the row error when it refuses it."""
-    return _checked_with(answer_check(endpoint, sent if isinstance(sent, dict) else {}), response)
-
-
-def _checked_with(check: Check, response: Any) -> tuple[Any, ErrorInfo | None]:
-    try:
-        return check(response), None
-    except InvalidAnswer as exc:
-        return None, ErrorInfo(200, exc.code, str(exc))
-    except Exception as exc:  # a shape no check foresaw is still only this row's error
-        return None, ErrorInfo(
-            200, "invalid_response", f"the answer could not be checked ({exc!r})"
-        )

@@ -14,11 +14,15 @@ request without an answer, and the backend makes it that request's error.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
 
+from ..engine import constants as C
+from ..engine.retry import Check, InvalidAnswer
 from ..engine.types import ErrorInfo, Outcome, Request
 
 
@@ -144,3 +148,52 @@ def missing(status: str) -> ErrorInfo:
     return LineError(
         None, "invalid_line", "no readable line for this request in the batch's output"
     )
+
+
+# -- reading an output file and checking its answers ------------------------------------------
+
+
+def file_lines(path: Path) -> Iterator[bytes | None]:
+    """The file's lines, each at most ``BATCH_MAX_LINE_BYTES`` (None for a longer one)."""
+    limit = C.BATCH_MAX_LINE_BYTES
+    with open(path, "rb") as f:
+        while True:
+            raw = f.readline(limit + 1)
+            if not raw:
+                return
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                while True:  # skip the rest of the over-long line
+                    rest = f.readline(limit)
+                    if not rest or rest.endswith(b"\n"):
+                        break
+                yield None
+                continue
+            if raw.strip():
+                yield raw
+
+
+def shape_only(endpoint: str, response: Any) -> dict[str, Any]:
+    """What any request to ``endpoint`` asked, for checking an answer's shape alone: a chat
+    answer may hold as many choices as its request's ``n``, whatever that was."""
+    if not isinstance(response, dict):
+        return {}
+    if endpoint.rstrip("/").endswith("chat/completions"):
+        choices = response.get("choices")
+        return {"n": len(choices)} if isinstance(choices, list) and choices else {}
+    if endpoint.rstrip("/").endswith("embeddings"):  # as many inputs as the answer holds
+        data = response.get("data")
+        return {"input": [""] * len(data)} if isinstance(data, list) else {}
+    return {}
+
+
+def checked(check: Check, response: Any) -> tuple[Any, ErrorInfo | None]:
+    """What ``check`` makes of the answer (an embeddings answer's decoded vectors), or the
+    line's error when it refuses it."""
+    try:
+        return check(response), None
+    except InvalidAnswer as exc:
+        return None, ErrorInfo(200, exc.code, str(exc))
+    except Exception as exc:  # a shape no check foresaw is still only this row's error
+        return None, ErrorInfo(
+            200, "invalid_response", f"the answer could not be checked ({exc!r})"
+        )

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..coord.resolve import shared_budget
 from ..engine import constants as C
@@ -36,6 +36,9 @@ from .job import RunJob
 from .lines import Line, encode, error_line, parse_line, result_line
 from .resume import Plan, count_requests, open_output, output_is_input, plan_resume
 from .sink import Sink
+
+if TYPE_CHECKING:
+    from .run_batch import BatchPass
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +60,11 @@ class _Run:
         plan: Plan,
         n_lines: int,
         cache: Any,
-        batch_errors: dict[str, ErrorInfo] | None = None,
+        batch: BatchPass | None = None,
     ) -> None:
         self.job, self.plan, self.n_lines, self.cache = job, plan, n_lines, cache
-        #: --batch: the Batch API's errors by key; a line neither cached nor here is not sent
-        self.batch_errors = batch_errors
+        #: --batch: what the Batch API said of the lines; a line is never sent from here
+        self.batch = batch
         self.failed = plan.failed
         self.cached = 0
         self.logged = 0
@@ -96,9 +99,8 @@ class _Run:
                 self.finish(sink, line, error=line.error)
             elif line.cached is not None:
                 self.finish(sink, line, response=line.cached, cached=True)
-            elif self.batch_errors is not None:
-                error = self.batch_errors.get(line.key or "")
-                self.finish(sink, line, error=error or _batch_not_answered())
+            elif self.batch is not None:
+                self.finish(sink, line, error=self.batch.error_of(line.key or ""))
             else:
                 tokens = estimate_request_tokens(self.job.url, line.body, self.job.encoding)
                 self._next = Request(line.index + 1, self.job.url, line.body, tokens, line)
@@ -244,12 +246,6 @@ def _looked_up(cache: Any, block: list[Line]) -> list[Line]:
     return block
 
 
-def _batch_not_answered() -> ErrorInfo:
-    from .run_batch import NOT_ANSWERED
-
-    return NOT_ANSWERED
-
-
 def _store(cache: Any, line: Line, response: Any, text: str) -> None:
     """Put an answer in the cache as it arrives (encoded once when the cache takes raw JSON)."""
     model = line.body.get("model") if line.body else None
@@ -309,7 +305,7 @@ async def run_job(job: RunJob) -> RunResult:
 
             batch = await run_batches(job, plan, n_lines, cache, poll_interval=job.poll_interval)
         with open_output(job) as fh:
-            run = _Run(job, plan, n_lines, cache, None if batch is None else batch.errors)
+            run = _Run(job, plan, n_lines, cache, batch)
             figures = await run.go(fh)
     finally:
         if cache is not None:

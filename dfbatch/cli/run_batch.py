@@ -86,6 +86,13 @@ class BatchPass:
     errors: dict[str, ErrorInfo] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
     answered: int = 0  # lines this pass put in the cache
+    #: --budget reached: the error of every line neither answered nor refused (one value,
+    #: not one per line: a budget may stop a million lines)
+    not_sent: ErrorInfo | None = None
+
+    def error_of(self, key: str) -> ErrorInfo:
+        """The error of a line the cache has no answer for."""
+        return self.errors.get(key) or self.not_sent or NOT_ANSWERED
 
     def add_submitted(self, figures: dict[str, Any]) -> None:
         """Files, batches and lines that a run submitting without waiting created."""
@@ -131,8 +138,9 @@ async def run_batches(
             api, record, endpoint=endpoint, model=model, lines=lines, on_outcome=_ignore, **more
         )
 
-    def refuse(request: Request, message: str) -> None:
-        result.errors[request.id] = ErrorInfo(None, BUDGET_REACHED, message)
+    def refuse(request: Request, message: str) -> bool:
+        result.not_sent = ErrorInfo(None, BUDGET_REACHED, message)
+        return False  # the others need not be read: error_of() answers for them
 
     try:
         if job.budget is None:

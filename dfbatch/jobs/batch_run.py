@@ -128,14 +128,15 @@ async def within_budget(
     *,
     budget: float,
     ledger: Ledger,
-    refuse: Callable[[Request, str], None],
+    refuse: Callable[[Request, str], bool | None],
 ) -> dict[str, Any]:
     """Submit in waves whose worst cases fit in what the budget has left, each settled with
     its answers' real cost before the next: the spend never passes the budget, and the run
     stops only when the next request's worst case does not fit in what is left (so with
     requests of at most a tenth of the budget, at least 90% of it is spent). Each wave is
     pulled from ``requests`` as it is written out, never held whole; ``refuse(request,
-    message)`` is told of every request left when the budget is reached."""
+    message)`` is told of every request left when the budget is reached (until it returns
+    False: it needs to hear of no more)."""
     assert ledger.price is not None  # budget_needs_price made sure of it
     waves = _Waves(iter(requests), ledger, budget)
     figures: dict[str, Any] | None = None
@@ -175,7 +176,7 @@ class _Waves:
 
 
 def _refuse_rest(
-    waves: _Waves, ledger: Ledger, budget: float, refuse: Callable[[Request, str], None]
+    waves: _Waves, ledger: Ledger, budget: float, refuse: Callable[[Request, str], bool | None]
 ) -> None:
     spent = ledger.spent or 0.0
     log.warning(
@@ -189,6 +190,5 @@ def _refuse_rest(
         "row was not sent (rerun with a higher budget= to send it)"
     )
     request = waves.ahead
-    while request is not None:
-        refuse(request, message)
+    while request is not None and refuse(request, message) is not False:
         request = next(waves.stream, None)

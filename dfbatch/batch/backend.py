@@ -19,6 +19,7 @@ costs no double payment: see :mod:`dfbatch.cache.batch_record`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import sys
@@ -203,8 +204,12 @@ class BatchRun:
     # -- submit ------------------------------------------------------------------------------
 
     async def _submit(self, client: BatchApi, requests: Iterable[Request]) -> None:
+        requests = iter(requests)
+        first = next(requests, None)
+        if first is None:  # nothing to submit: no need to learn what the batches carry
+            return
         covered = set(self.record.covered_keys([*self.active, *self.to_create]))
-        stream = self._uncovered(requests, covered)
+        stream = self._uncovered(itertools.chain([first], requests), covered)
         pending: list[tuple[Request, list[bytes]]] = []
         while True:
             job, path, n = self._write_file(stream, pending)
@@ -272,10 +277,13 @@ class BatchRun:
                 size += len(line) + 1
                 inputs += more_inputs
                 recorded.append((n, b"".join(keys), asked_of(self.url, request.body)))
+                if len(recorded) >= C.BATCH_RECORD_CHUNK:  # a file's 50,000 lines, in parts
+                    self.record.add_lines(job, recorded)
+                    recorded.clear()
                 self.counts.tokens_estimated += request.tokens
                 n += 1
                 item = next(stream, None)
-        self.record.add_lines(job, recorded)  # committed before the upload starts
+        self.record.add_lines(job, recorded)  # every line committed before the upload starts
         return job, path, n
 
     async def _upload_and_create(self, client: BatchApi, job: int, path: Path, n: int) -> None:

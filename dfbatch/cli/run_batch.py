@@ -161,7 +161,10 @@ async def run_batches(
                 poll_interval=poll_interval,
                 on_status=progress.show_batches,
             )
-            requests = _requests(job, plan, n_lines, cache, model)
+            # Without a budget every line went out above: nothing is left to read or submit.
+            requests = (
+                _requests(job, plan, n_lines, cache, model) if job.budget is not None else iter(())
+            )
             try:
                 if job.budget is None:
                     figures = await run.run(requests)

@@ -227,6 +227,8 @@ BATCH_POLL_BACKOFF = 1.5
 BATCH_POLL_MAX = 300.0
 #: Seconds between tries at the submit lock while another process submits from the cache.
 BATCH_LOCK_POLL = 0.1
+#: Lines of an input file recorded in one transaction while it is written.
+BATCH_RECORD_CHUNK = 5_000
 #: Seconds a done batch's lines stay in the record: another process waiting for the same
 #: batch reads its output back onto its rows with them (it polls at most every 300 s).
 BATCH_LINES_KEEP = 86_400.0

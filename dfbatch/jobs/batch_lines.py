@@ -56,6 +56,7 @@ class KeyedLines:
         if request is None:
             if error is None and self._cache is not None and isinstance(response, dict):
                 self._cache.put(keys[0].hex(), response, model=self._model)
+                self._cache.maybe_flush()  # a batch's 50,000 answers never wait in memory
             return None
         return Outcome(request, response=response, error=error, attempts=1)
 
@@ -133,6 +134,7 @@ class EmbedLines:
             self._cache.put_vectors(
                 [keys[found[j]] for j in rows], matrix[rows], model=self.job.model
             )
+            self._cache.maybe_flush()
 
 
 def _narrow(response: Any, wanted: dict[int, int], n: int) -> Any:

@@ -538,7 +538,8 @@ def test_two_processes_running_the_same_call_at_once_submit_each_row_once(sim, o
     waits for it to finish submitting, then waits for its batches instead of submitting the
     same rows (it must not take the first one's half-written record for a dead one's)."""
     store = sim.batches
-    store.faults.hold_upload = 0.5  # each upload is held after its file exists
+    store.faults.hold_upload = 1.5  # each upload is held after its file exists: the second
+    # process, started during the first upload, meets the lock while the first still submits
     first = _child(sim, opts["cache"])
     deadline = time.monotonic() + 60
     while store.stats.uploads_started < 1:

@@ -180,18 +180,16 @@ class BatchRun:
             open_only=True,
             done_since=self.started,
         ):
-            if job.state == "done":
-                # Ended since this call started, in another process running the same call
-                # (this one waited for the submit lock meanwhile): its rows may be this
-                # call's, not in the cache when it looked. Read its output again.
-                if job.id not in self.finished and job.batch_id and job.status in ENDED:
-                    self.active[job.id] = job
-                    self.counts.batch_ids.append(job.batch_id)
-            elif job.state == "writing":  # its writer died before the file reached the server
+            if job.state == "writing":  # its writer died before the file reached the server
                 self.record.drop(job.id)
             elif job.state == "uploaded":
                 await self._create(client, job.id, job.file_id or "", adopt=True)
-            else:
+            elif job.state == "created" or (
+                # Ended since this call started, in another process running the same call
+                # (this one waited for the submit lock meanwhile): its rows may be this
+                # call's, not in the cache when it looked. Read its output again.
+                job.id not in self.finished and job.batch_id and job.status in ENDED
+            ):
                 self.active[job.id] = job
                 if job.batch_id:
                     self.counts.batch_ids.append(job.batch_id)

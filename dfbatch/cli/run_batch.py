@@ -30,7 +30,7 @@ from ..engine.errors import ConfigurationError
 from ..engine.prices import budget_needs_price, price_for
 from ..engine.tokens import estimate_request_tokens
 from ..engine.types import BUDGET_REACHED, ErrorInfo, Outcome, Request
-from ..jobs.batch_lines import KeyedLines
+from ..jobs.batch_lines import NOT_ANSWERED, KeyedLines
 from ..jobs.batch_run import Ledger, within_budget
 from ..jobs.progress import Progress
 from .job import RunJob
@@ -38,12 +38,6 @@ from .lines import parse_line
 from .resume import Plan
 
 log = logging.getLogger(__name__)
-
-NOT_ANSWERED = ErrorInfo(
-    None,
-    "batch_not_answered",
-    "the Batch API gave no answer for this line; rerun the same command to submit it again",
-)
 
 
 def split_url(url: str) -> tuple[str, str]:

@@ -17,12 +17,14 @@ from ..engine.answers import check_embeddings
 from ..engine.types import ErrorInfo, Outcome, Request
 from .embed import EmbedJob
 
-#: A row that no batch answered and none refused (a batch that another process read and
-#: closed past the record's keeping, for instance): never left blank.
+#: A row (or a ``dfbatch run --batch`` line) that no batch answered and none refused: a batch
+#: that never said a word of it, or that another process read and closed past the record's
+#: keeping. Never left blank.
 NOT_ANSWERED = ErrorInfo(
     None,
     "batch_not_answered",
-    "no batch gave an answer or an error for this row; rerun the same call to submit it again",
+    "no batch gave an answer or an error for this request; run the same call or command "
+    "again to submit it",
 )
 
 

@@ -26,7 +26,6 @@ A line's ``custom_id`` is ``dfb-<job>-<line>``. The server is kept as a hash of 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -38,7 +37,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
+from filelock import AsyncFileLock, Timeout
 
 from ..engine import constants as C
 
@@ -169,22 +168,17 @@ class BatchRecord:
         killed process's, drop it and submit the same rows. With it, a ``writing`` record
         that a rerun finds is a dead process's. A lock file beside the cache (``flock``:
         freed by the system when its holder dies, so a kill -9 leaves no stale lock)."""
-        lock = FileLock(f"{self.path}.batch-lock", thread_local=False)
-        told = False
-        while True:
-            try:
-                lock.acquire(timeout=0)
-                break
-            except Timeout:
-                if not told:
-                    log.info("waiting for another process that is submitting batches from %s",
-                             self.path)  # fmt: skip
-                    told = True
-                await asyncio.sleep(C.BATCH_LOCK_POLL)
+        # run_in_executor=False: each try is one non-blocking flock call, no thread needed
+        lock = AsyncFileLock(f"{self.path}.batch-lock", run_in_executor=False)
+        try:
+            await lock.acquire(timeout=0)
+        except Timeout:
+            log.info("waiting for another process that is submitting batches from %s", self.path)
+            await lock.acquire(poll_interval=C.BATCH_LOCK_POLL)
         try:
             yield
         finally:
-            lock.release()
+            await lock.release()
 
     # -- writing -----------------------------------------------------------------------------
 
